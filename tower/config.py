@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tower.tomlsource import TomlSource, ValidationProblems
+from tower.tomlsource import TomlSource
 
 
 class Side(str, Enum):
@@ -70,7 +70,9 @@ class Physics(_Model):
     )
     column_pitch_m: float = Field(2.6, description="Distance between columns, m.", gt=0)
     transfer_s: float = Field(12.0, description="One car handover, s.", gt=0)
-    bay_check_s: float = Field(10.0, description="Bay door close and entry check, s.", gt=0)
+    bay_check_s: float = Field(
+        10.0, description="Bay door close and entry check, s.", gt=0
+    )
 
 
 class Zone(_Model):
@@ -97,7 +99,7 @@ class Endpoint(_Model):
     host: str = Field("127.0.0.1", description="Host name or address of the PLC.")
     port: int | None = Field(
         None,
-        description="TCP port; defaults to the tower's port_base plus the device offset.",
+        description="TCP port; default: the tower port_base plus the device offset.",
         ge=1,
         le=65535,
     )
@@ -117,7 +119,9 @@ class BayConfig(_Model):
 class PlcConfig(_Model):
     """Which profile each device kind uses, and where the tower's PLCs answer."""
 
-    host: str = Field("127.0.0.1", description="Default host of every PLC of the tower.")
+    host: str = Field(
+        "127.0.0.1", description="Default host of every PLC of the tower."
+    )
     port_base: int = Field(
         15020,
         description=(
@@ -249,9 +253,15 @@ class JournalConfig(_Model):
 class PollConfig(_Model):
     """How the controller talks to the PLCs."""
 
-    interval_ms: int = Field(100, description="Status poll period per device, ms.", ge=10)
-    timeout_ms: int = Field(1000, description="Deadline of one Modbus request, ms.", ge=10)
-    heartbeat_ms: int = Field(500, description="Controller heartbeat period, ms.", ge=10)
+    interval_ms: int = Field(
+        100, description="Status poll period per device, ms.", ge=10
+    )
+    timeout_ms: int = Field(
+        1000, description="Deadline of one Modbus request, ms.", ge=10
+    )
+    heartbeat_ms: int = Field(
+        500, description="Controller heartbeat period, ms.", ge=10
+    )
     command_timeout_s: float = Field(
         300.0, description="Longest a device may take to finish one command, s.", gt=0
     )
@@ -262,7 +272,8 @@ class SiteConfig(_Model):
 
     id: str = Field("zoo", description="Site name, used in topics and logs.")
     profiles_dir: str = Field(
-        "plc_profiles", description="Directory of the PLC profiles, relative to this file."
+        "plc_profiles",
+        description="Directory of the PLC profiles, relative to this file.",
     )
     towers: Annotated[list[TowerConfig], Field(min_length=1)]
     sizes: dict[SizeClass, SizeLimits] = Field(default_factory=_default_sizes)

@@ -23,7 +23,9 @@ _BARE = r"[A-Za-z0-9_-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"|\'[^\']*\''
 _KEY_PART = re.compile(rf"\s*({_BARE}|{_QUOTED})\s*(\.)?")
 _HEADER = re.compile(r"^\s*(\[\[?)\s*(.+?)\s*(\]\]?)\s*(#.*)?$")
-_ASSIGN = re.compile(rf"^\s*((?:(?:{_BARE}|{_QUOTED})\s*\.\s*)*(?:{_BARE}|{_QUOTED}))\s*=")
+_ASSIGN = re.compile(
+    rf"^\s*((?:(?:{_BARE}|{_QUOTED})\s*\.\s*)*(?:{_BARE}|{_QUOTED}))\s*="
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,138 @@
+"""The `tower` command.
+
+tower run --site FILE        the controller (for systemd and real PLCs)
+tower sim --site FILE        the PLC simulator for a site, on loopback
+tower demo                   simulator, controller, traffic and feed in one go
+tower ctl COMMAND ...        one operator command on the control socket
+tower profile check FILE...  validate PLC profiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from tower import logs
+from tower.tomlsource import ValidationProblems
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tower.config import load_site
+    from tower.service import Controller, mqtt_url_from, run_controller
+
+    site = load_site(args.site)
+    password = None
+    if site.mqtt.password_file:
+        password = Path(site.mqtt.password_file).read_text(encoding="utf-8").strip()
+    controller = Controller(
+        site,
+        mqtt_url=mqtt_url_from(site, args.mqtt),
+        journal_path=args.journal or site.journal.path,
+        socket_path=args.socket or site.control.socket,
+        tokens_path=args.tokens or site.control.tokens_file,
+        mqtt_password=password,
+    )
+    return asyncio.run(run_controller(controller))
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from sim.server import run_sim
+
+    return asyncio.run(run_sim(args.site, speed=args.speed, control_path=args.control))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tower.demo import run_demo
+
+    return asyncio.run(
+        run_demo(
+            speed=args.speed,
+            hours=args.hours,
+            seed=args.seed,
+            mqtt_url=args.mqtt,
+            site_path=args.site,
+            live=not args.no_live,
+        )
+    )
+
+
+def _profile_check(args: argparse.Namespace) -> int:
+    from tower.plc.profile import check_main
+
+    return check_main(args.files)
+
+
+def _ctl(argv: list[str]) -> int:
+    from tower.console.ctl import main
+
+    return main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tower", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default="info", help="debug, info, warning")
+    parser.add_argument(
+        "--log-json", action="store_true", default=None, help="JSON log lines"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the controller")
+    run.add_argument("--site", required=True, help="site file (TOML)")
+    run.add_argument("--mqtt", help="broker URL (default: TOWER_MQTT_URL or site file)")
+    run.add_argument("--journal", help="journal file (default: from the site file)")
+    run.add_argument("--socket", help="control socket (default: from the site file)")
+    run.add_argument("--tokens", help="operator tokens file (default: site file)")
+    run.set_defaults(func=_run)
+
+    sim = sub.add_parser("sim", help="run the PLC simulator for a site")
+    sim.add_argument("--site", required=True, help="site file (TOML)")
+    sim.add_argument("--speed", type=float, default=1.0, help="time factor")
+    sim.add_argument("--control", help="path of the simulator's control socket")
+    sim.set_defaults(func=_sim)
+
+    demo = sub.add_parser("demo", help="simulator + controller + traffic + feed")
+    demo.add_argument("--speed", type=float, default=10.0, help="time factor")
+    demo.add_argument(
+        "--hours", type=float, default=None, help="simulated hours, then a summary"
+    )
+    demo.add_argument("--seed", type=int, default=1, help="traffic seed")
+    demo.add_argument("--mqtt", help="broker URL (default: TOWER_MQTT_URL or local)")
+    demo.add_argument("--site", help="site file (default: the reference site)")
+    demo.add_argument("--no-live", action="store_true", help="no live status view")
+    demo.set_defaults(func=_demo)
+
+    profile = sub.add_parser("profile", help="PLC profile tools")
+    profile_sub = profile.add_subparsers(dest="profile_command", required=True)
+    check = profile_sub.add_parser("check", help="validate profile files")
+    check.add_argument("files", nargs="+", help="profile files (TOML)")
+    check.set_defaults(func=_profile_check)
+
+    sub.add_parser("ctl", help="operator command (see: tower ctl --help)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `ctl` has its own parser: hand it everything after the word.
+    if "ctl" in argv:
+        index = argv.index("ctl")
+        if all(a.startswith("-") for a in argv[:index]):
+            logs.configure("warning")
+            return _ctl(argv[index + 1 :])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level, json=args.log_json)
+    try:
+        return args.func(args)
+    except ValidationProblems as problems:
+        for problem in problems.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
