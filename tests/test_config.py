@@ -1,0 +1,117 @@
+"""The site file: defaults, endpoints and line-numbered errors."""
+
+from pathlib import Path
+
+import pytest
+
+from tower.config import SizeClass, load_site
+from tower.tomlsource import ValidationProblems
+
+SITES = Path(__file__).resolve().parent.parent / "sim" / "sites"
+
+
+def test_reference_site_matches_the_design():
+    """The shipped reference site has two towers of 8 levels x 6 columns x 2 sides."""
+    site = load_site(SITES / "reference.toml")
+
+    assert [t.id for t in site.towers] == ["tower-a", "tower-b"]
+    assert [(t.levels, t.columns, len(t.bays)) for t in site.towers] == [(8, 6, 2)] * 2
+
+
+def test_endpoints_follow_the_port_plan():
+    """Lift on port_base, shuttle k on port_base+1+k, bay n on port_base+40+n."""
+    tower = load_site(SITES / "reference.toml").towers[0]
+
+    ports = {name: tower.endpoint(name).port for name in tower.device_names()}
+
+    assert ports["lift"] == 15020
+    assert ports["shuttle-0"] == 15021
+    assert ports["shuttle-8"] == 15029
+    assert ports["bay-1"] == 15061
+    assert ports["bay-2"] == 15062
+
+
+def test_profiles_dir_resolves_against_the_site_file():
+    """profiles_dir is relative to the site file, not to the working directory."""
+    site = load_site(SITES / "reference.toml")
+
+    assert site.profiles_path() == (SITES / "../../plc_profiles").resolve()
+
+
+def test_default_sizes_take_a_tall_car_only_in_tall_slots():
+    """The standard class stops at 1600 mm, the tall class at 2050 mm."""
+    site = load_site(SITES / "reference.toml")
+
+    assert site.sizes[SizeClass.STANDARD].max_height_mm == 1600
+    assert site.sizes[SizeClass.TALL].max_height_mm == 2050
+
+
+def test_every_problem_is_reported_with_its_line(tmp_path):
+    """A broken site file lists each problem with file, line and field."""
+    path = tmp_path / "site.toml"
+    path.write_text(
+        'id = "zoo"\n'
+        "[[towers]]\n"
+        'id = "a"\n'
+        "levels = 0\n"
+        "[towers.physics]\n"
+        "lift_speed_m_s = -1\n"
+        "[[towers]]\n"
+        'id = "b"\n'
+        "bogus = 3\n",
+        encoding="utf-8",
+    )
+
+    with pytest.raises(ValidationProblems) as caught:
+        load_site(path)
+
+    found = {(p.line, p.field) for p in caught.value.problems}
+    assert found == {
+        (4, "towers.0.levels"),
+        (6, "towers.0.physics.lift_speed_m_s"),
+        (9, "towers.1.bogus"),
+    }
+    assert all(p.file == str(path) for p in caught.value.problems)
+
+
+def test_a_syntax_error_names_its_line(tmp_path):
+    """A TOML syntax error is one problem carrying the parser's line number."""
+    path = tmp_path / "site.toml"
+    path.write_text('id = "zoo"\n[[towers]]\nid = \n', encoding="utf-8")
+
+    with pytest.raises(ValidationProblems) as caught:
+        load_site(path)
+
+    [problem] = caught.value.problems
+    assert problem.line == 3
+    assert problem.field == "(syntax)"
+
+
+def test_a_missing_file_is_a_clear_problem(tmp_path):
+    """A site file that does not exist is reported, not a traceback."""
+    with pytest.raises(ValidationProblems) as caught:
+        load_site(tmp_path / "nope.toml")
+
+    assert "cannot read" in str(caught.value)
+
+
+def test_bays_must_stand_inside_the_tower(tmp_path):
+    """A bay at a column the tower does not have is refused, with its line."""
+    path = tmp_path / "site.toml"
+    path.write_text(
+        "[[towers]]\n"
+        'id = "a"\n'
+        "columns = 3\n"
+        "[[towers.bays]]\n"
+        'id = "bay-1"\n'
+        "column = 5\n"
+        'side = "left"\n',
+        encoding="utf-8",
+    )
+
+    with pytest.raises(ValidationProblems) as caught:
+        load_site(path)
+
+    [problem] = caught.value.problems
+    assert "column 5" in problem.message
+    assert problem.line == 1  # the [[towers]] header of that tower
