@@ -498,17 +498,21 @@ class _Loader:
             entry = self.validate(RegisterEntry, raw, loc)
             if entry is not None:
                 entries[name] = entry
-        if device is None:
-            return None
+        # A bad [device] must not hide the registers' problems: check them
+        # against what of [device] is usable.
+        kind, base, order = _usable_device(device, data.get("device", {}))
 
         registers = {}
         for name, entry in entries.items():
-            reg = self._register(device, name, entry)
+            reg = self._register(base, order, name, entry)
             if reg is not None:
                 registers[name] = reg
         complete = len(registers) == len(raw_registers)
-        self._check_points(device, registers, complete)
+        if kind is not None:
+            self._check_points(kind, registers, complete)
         self._check_overlaps(registers)
+        if device is None:
+            return None
         profile = Profile(
             kind=device.kind,
             vendor=device.vendor,
@@ -532,7 +536,7 @@ class _Loader:
     # -- one register --
 
     def _register(
-        self, device: DeviceEntry, name: str, entry: RegisterEntry
+        self, base: int, device_order: WordOrder, name: str, entry: RegisterEntry
     ) -> Register | None:
         loc = ["registers", name]
         before = len(self.problems)
@@ -568,7 +572,7 @@ class _Loader:
         if kind is DataType.BITS:
             self._bits(loc, entry)
 
-        wire = entry.address - device.address_base
+        wire = entry.address - base
         width = Codec(type=kind, count=entry.count).words
         if wire < 0:
             self.add(
@@ -576,16 +580,15 @@ class _Loader:
                 "address 0 does not exist: address_base = 1 numbers registers from 1",
             )
         elif wire + width > 0x1_0000:
-            last = 0xFFFF + device.address_base
             self.add(
                 [*loc, "address"],
-                f"register runs past the last address ({last} with "
-                f"address_base = {device.address_base})",
+                f"register runs past the last address ({0xFFFF + base} with "
+                f"address_base = {base})",
             )
         if len(self.problems) > before:
             return None
 
-        word_order = entry.word_order or device.word_order
+        word_order = entry.word_order or device_order
         codec = Codec(
             type=kind,
             count=entry.count,
@@ -662,9 +665,8 @@ class _Loader:
     # -- rules across registers --
 
     def _check_points(
-        self, device: DeviceEntry, registers: dict[str, Register], complete: bool
+        self, kind: DeviceKind, registers: dict[str, Register], complete: bool
     ) -> None:
-        kind = device.kind
         for role, names in points.REQUIRED[kind].items():
             for name in names:
                 loc = ["registers", name]
@@ -736,11 +738,14 @@ class _Loader:
             )
 
     def _check_overlaps(self, registers: dict[str, Register]) -> None:
+        # Of two overlapping registers, the one written later in the file is
+        # blamed: it is the one an author adding a register just wrote.
+        order = {name: i for i, name in enumerate(registers)}
         by_table: dict[Table, list[Register]] = {}
         for reg in registers.values():
             by_table.setdefault(reg.table, []).append(reg)
         for regs in by_table.values():
-            regs.sort(key=lambda r: (r.wire_address, r.name))
+            regs.sort(key=lambda r: (r.wire_address, order[r.name]))
             previous: Register | None = None
             for reg in regs:
                 if previous is not None and reg.wire_address < previous.end:
@@ -804,6 +809,26 @@ class _Loader:
                 f"{names} are written in one request: "
                 "they must stand next to each other in one table",
             )
+
+
+def _usable_device(
+    device: DeviceEntry | None, raw: Any
+) -> tuple[DeviceKind | None, int, WordOrder]:
+    """Kind, address base and word order of [device], even if it did not validate.
+
+    A value that is itself invalid is left out (kind None: the point rules
+    cannot run) or replaced by its default.
+    """
+    if device is not None:
+        return device.kind, device.address_base, device.word_order
+    raw = raw if isinstance(raw, dict) else {}
+    kinds = {k.value: k for k in DeviceKind}
+    orders = {o.value: o for o in WordOrder}
+    kind = kinds.get(raw.get("kind"))  # type: ignore[arg-type]
+    base = raw.get("address_base", 0)
+    base = base if base in (0, 1) and not isinstance(base, bool) else 0
+    order = orders.get(raw.get("word_order"), WordOrder.BIG)  # type: ignore[arg-type]
+    return kind, base, order
 
 
 def _inside(reg: Register, span: ReadSpan) -> bool:
