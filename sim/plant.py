@@ -45,9 +45,16 @@ Motion is a trapezoid: distance d at top speed v with acceleration a takes
 d/v + v/a when d >= v*v/a (the device reaches top speed), else 2*sqrt(d/a).
 Positions in between are exact on that profile.
 
-Two deliberate simplifications: the PLC's own `heartbeat` counter is derived
-from plant time (it ticks every 0.1 s) and is neither an event nor a change
-reported by `changed()`; a bay release opens the door at once.
+A bay check closes the door at once and ends done after bay_check_s; it is
+also how the controller closes an empty bay before a retrieved car goes in
+(it then measures nothing). Dimensions read 0 until a check has ended done on
+the car standing there, and again once the door opens (see the bay profile).
+
+Deliberate simplifications: the PLC's own `heartbeat` counter is derived from
+plant time (it ticks every 0.1 s) and is neither an event nor a change
+reported by `changed()`; a bay release opens the door at once; the extra
+status bits of the profiles (`in_position`, `combs_home`, `door_open`, ...)
+follow from the state above rather than from a model of their own.
 """
 
 from __future__ import annotations
@@ -73,8 +80,10 @@ FAULT_NONE = "none"
 FAULT_HEARTBEAT_LOST = "heartbeat_lost"
 FAULT_INTERLOCK = "interlock"
 FAULT_BAD_COMMAND = "bad_command"
-FAULT_ESTOP = "estop"  # the tower's e-stop stopped the device
-FAULT_MANUAL = "manual"  # switching to manual mode interrupted the command
+# The reference profiles name no fault for a command cut short by the e-stop or
+# by the manual switch (the state says which); both count as a safety condition.
+FAULT_ESTOP = FAULT_INTERLOCK
+FAULT_MANUAL = FAULT_INTERLOCK
 
 _POSITION_EPS_MM = 1e-6
 
@@ -214,6 +223,7 @@ class _Device:
     column: int = 0
     side: str = ""
     door_closed: bool = False
+    measured: bool = False  # a check ended done on the car standing there
     person_until: float | None = None  # when the person in the bay walks out
     collecting: str | None = None  # the car that leaves with that person
 
@@ -376,6 +386,7 @@ class Plant:
         if d.kind is DeviceKind.BAY:
             car_id = site_tower.places.get(d.name)
             car = self._cars[car_id] if car_id else None
+            size = car if car is not None and d.measured else None
             return {
                 **common,
                 "flags": {
@@ -383,26 +394,35 @@ class Plant:
                     "person_present": d.person_until is not None,
                     "door_closed": d.door_closed,
                     "estop": site_tower.estop_pressed,
+                    "door_open": not d.door_closed,
+                    "vehicle_in_position": car is not None,
                 },
-                "vehicle_length_mm": car.length_mm if car else 0,
-                "vehicle_width_mm": car.width_mm if car else 0,
-                "vehicle_height_mm": car.height_mm if car else 0,
-                "vehicle_weight_class": car.weight_class if car else 0,
+                "vehicle_length_mm": size.length_mm if size else 0,
+                "vehicle_width_mm": size.width_mm if size else 0,
+                "vehicle_height_mm": size.height_mm if size else 0,
+                "vehicle_weight_class": size.weight_class if size else 0,
             }
 
         position = self._position(d)
+        running = d.op.code if d.op is not None else None
         flags = {
             "loaded": d.name in site_tower.places,
-            "moving": d.op is not None and d.op.code == "move",
+            # A shuttle's flag covers its comb conveyor too (see the profiles).
+            "moving": running == "move"
+            or (running is not None and d.kind is DeviceKind.SHUTTLE),
             "estop": site_tower.estop_pressed,
         }
         physics = site_tower.config.physics
         if d.kind is DeviceKind.LIFT:
             step = physics.level_height_m * 1000.0
             top = site_tower.config.levels
+            level = min(max(round(position / step), 0), top)
+            flags["in_position"] = abs(position - level * step) <= 5.0
+            flags["brake_open"] = running == "move"
+            flags["door_locked"] = True
             return {
                 **common,
-                "level": min(max(round(position / step), 0), top),
+                "level": level,
                 "position_mm": round(position),
                 "flags": flags,
             }
@@ -413,9 +433,12 @@ class Plant:
                 for index, side in enumerate(("left", "right")):
                     if slot_id(d.level, column, side) in site_tower.places:
                         sensors[(column - 1) * 2 + index] = True
+        column = min(max(round(position / step), 0), site_tower.config.columns)
+        flags["in_position"] = running != "move" and abs(position - column * step) <= 5
+        flags["combs_home"] = flags["gripper_home"] = running in (None, "move")
         return {
             **common,
-            "column": min(max(round(position / step), 0), site_tower.config.columns),
+            "column": column,
             "position_mm": round(position),
             "flags": flags,
             "slot_sensors": sensors,
@@ -449,9 +472,11 @@ class Plant:
                 d.commands["heartbeat_ctl"] = value
                 d.hb_changed_at = self.now
         if "reset" in points:
-            d.commands["reset"] = _name(points["reset"])
-            if d.commands["reset"] in (1, True):
+            value = _name(points["reset"])
+            if value in (1, True):
                 self._reset(d)
+            # The PLC clears the reset point itself once it has acted on it.
+            d.commands["reset"] = False if isinstance(value, bool) else 0
         if "cmd_code" in points:
             d.commands["cmd_code"] = _name(points["cmd_code"])
             self._latch(d)
@@ -571,7 +596,6 @@ class Plant:
             if d.op is not None:
                 self._stop(d, FAULT_ESTOP, "e-stop pressed")
             d.estop = True
-            d.fault_code = FAULT_ESTOP
             self._mark(d)
 
     def release_estop(self, tower: str) -> None:
@@ -739,7 +763,7 @@ class Plant:
             end = self.now + physics.bay_check_s
             d.op = _Op(code=code, seq=seq, start=self.now, end=end)
             return None
-        d.door_closed = False
+        d.door_closed = d.measured = False
         d.op = _Op(code=code, seq=seq, start=self.now, end=self.now)
         return None
 
@@ -777,6 +801,8 @@ class Plant:
             return
         if op.code == "move":
             d.position_mm = op.target_mm
+        elif op.code == "check":
+            d.measured = True
         elif op.code in ("pick", "place"):
             site_tower = self._towers[d.tower]
             car_id = site_tower.places.get(op.source)
@@ -868,10 +894,18 @@ class Plant:
     def _put(self, tower: str, place: str, car_id: str) -> None:
         self._towers[tower].places[place] = car_id
         self._where[car_id] = (tower, place)
+        self._unmeasure(tower, place)
 
     def _remove(self, tower: str, place: str, car_id: str) -> None:
         del self._towers[tower].places[place]
         del self._where[car_id]
+        self._unmeasure(tower, place)
+
+    def _unmeasure(self, tower: str, place: str) -> None:
+        """A bay's measurement belongs to the car it measured."""
+        bay = self._towers[tower].devices.get(place)
+        if bay is not None:
+            bay.measured = False
 
     def _mark(self, d: _Device) -> None:
         self._dirty.add((d.tower, d.name))

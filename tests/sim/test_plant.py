@@ -149,11 +149,35 @@ def test_bay_reports_the_car_and_the_driver(plant: Plant) -> None:
         "person_present": True,
         "door_closed": False,
         "estop": False,
+        "door_open": True,
+        "vehicle_in_position": True,
     }
-    assert status["vehicle_height_mm"] == 1900
+    assert status["vehicle_height_mm"] == 0  # not measured yet
     assert plant.next_event_time() == 20
     plant.advance(20)
     assert plant.status(TOWER, "bay-1")["flags"]["person_present"] is False
+
+
+def test_bay_check_measures_the_car(plant: Plant, op: Operator) -> None:
+    """Dimensions show once a check has ended done, and read 0 again once the
+    door opens."""
+    plant.car_arrives(TOWER, "bay-1", Car("c", height_mm=1900, driver_time_s=1))
+    plant.advance(1)
+
+    status = op.run("bay-1", "check")
+
+    assert status["flags"]["door_closed"] is True
+    assert (status["vehicle_height_mm"], status["vehicle_length_mm"]) == (1900, 4500)
+    op.run("bay-1", "release")
+    assert plant.status(TOWER, "bay-1")["vehicle_height_mm"] == 0
+
+
+def test_check_of_an_empty_bay_closes_the_door(plant: Plant, op: Operator) -> None:
+    """A retrieve closes the empty bay first: the check ends done, measuring 0."""
+    status = op.run("bay-2", "check")
+
+    assert (status["result"], status["flags"]["door_closed"]) == ("done", True)
+    assert status["vehicle_length_mm"] == 0
 
 
 # -- the handshake --------------------------------------------------------------
