@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+from broker import Mosquitto
 
 # How long a test's tasks get to finish on their own after the test ends.
 _TASK_GRACE_S = 0.5
@@ -32,3 +34,12 @@ async def _no_leftover_tasks() -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*left, return_exceptions=True)
     pytest.fail(f"the test left asyncio tasks running: {names}")
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto of the test's own on a free loopback port, stopped after it."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
