@@ -1,0 +1,108 @@
+"""What the shell tells the core: requests, device readings and the passing of time.
+
+Events are frozen dataclasses. They carry every identifier the core needs
+(tickets and job ids are made by the shell, which owns randomness), and the
+time of an event is passed beside it to `SiteCore.handle(event, now)`, never
+inside it, so one event type serves the real clock and the virtual one alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequested:
+    """A driver left a car in a bay and asked the tower to store it.
+
+    `ticket` is the visitor's new ticket (random, made by the shell); the core
+    journals it with `TicketIssued` once the car is measured and accepted.
+    """
+
+    tower: str
+    bay: str
+    ticket: str
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveRequested:
+    """A visitor asked for the car of `ticket`, at `bay` or at the nearest free bay."""
+
+    ticket: str
+    job_id: str
+    bay: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """One poll of a device: its decoded status points (see docs/architecture.md).
+
+    Enums come as their value names, `flags` as a dict of bools, `slot_sensors`
+    as a list of bools. The shell may send the same status again; the core
+    ignores repeats.
+    """
+
+    tower: str
+    device: str
+    points: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOffline:
+    """The shell lost the link to a device (connection refused, timeouts)."""
+
+    tower: str
+    device: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandWriteFailed:
+    """Writing the command numbered `seq` to a device failed in the shell."""
+
+    tower: str
+    device: str
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; the core checks its deadlines (see `SiteCore.next_deadline`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetMode:
+    """An operator switched a tower to automatic or manual operation."""
+
+    tower: str
+    mode: Literal["auto", "manual"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResetTower:
+    """An operator acknowledged a fault: reset the devices and start the tower again."""
+
+    tower: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """An operator cancelled a job that has not started moving a car."""
+
+    job_id: str
+
+
+Event = (
+    StoreRequested
+    | RetrieveRequested
+    | DeviceStatus
+    | DeviceOffline
+    | CommandWriteFailed
+    | Tick
+    | SetMode
+    | ResetTower
+    | CancelJob
+)
