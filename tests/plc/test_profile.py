@@ -680,3 +680,21 @@ def test_command_points_encode_and_decode_back(path, data):
 
 def _inside(reg: Register, span: ReadSpan) -> bool:
     return reg.table is span.table and span.start <= reg.wire_address < span.end
+
+
+def test_reads_split_at_gaps_and_at_the_read_limit(tmp_path):
+    """A read never crosses an undefined address nor exceeds max_read_registers."""
+    path = write_broken(
+        tmp_path,
+        "lift.toml",
+        ("device", "max_read_registers = 64", "max_read_registers = 6"),
+    )
+    profile = load_profile(path)
+
+    spans = profile.reads(["status", "info"])
+
+    assert spans == [
+        ReadSpan(Table.INPUT, 0, 6),
+        ReadSpan(Table.INPUT, 6, 4),
+        ReadSpan(Table.INPUT, 100, 1),
+    ]
