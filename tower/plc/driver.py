@@ -186,13 +186,15 @@ class DeviceDriver:
     async def _serve(self) -> None:
         next_poll = next_heartbeat = self._clock()
         while True:
+            # Status first: after a (re)connect nothing is written before the
+            # controller has read what the PLC reports.
             now = self._clock()
-            if now >= next_heartbeat:
-                await self._tolerate(self._write_heartbeat())
-                next_heartbeat = now + self.heartbeat_s
             if now >= next_poll:
                 await self._tolerate(self._poll())
                 next_poll = now + self.poll_s
+            if now >= next_heartbeat:
+                await self._tolerate(self._write_heartbeat())
+                next_heartbeat = now + self.heartbeat_s
             wait_s = max(0.0, min(next_poll, next_heartbeat) - self._clock())
             try:
                 async with asyncio.timeout(wait_s):
