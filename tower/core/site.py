@@ -1,0 +1,1001 @@
+"""The site core: every tower's machines, jobs and inventory behind one `handle()`.
+
+Theory of operation
+-------------------
+`SiteCore.handle(event, now)` is the only way in. It applies one event and
+returns the actions the shell must carry out, in order. Within one call:
+
+1. the event's handler validates a request and raises `RequestRefused` before
+   changing anything, or applies a device reading, an outage or the passing
+   of time to the device links and the jobs they serve;
+2. every affected tower then *progresses*: a tower in `starting` reconciles
+   once all its devices have reported; a tower in `auto` or `degraded` admits
+   waiting jobs (the `Sequencer`) and sends every job step that is ready, each
+   through the safety rule and each preceded by its journal intent;
+3. occupancy figures that changed are published.
+
+The core keeps no clock: `now` comes with each event, and `next_deadline()`
+tells the shell when to send a `Tick`. It holds no randomness: tickets and job
+ids come in the events.
+
+Rules that always hold:
+
+- every `SendCommand` of a job step follows its `Persist(StepIntent)` in the
+  same action list, and passed `safety.check_command` just before;
+- a car's place changes only on a PLC-confirmed transfer, and each change is
+  journaled (`CarMoved`);
+- a domain error (`IllegalTransition`) never leaves `handle()`: the machine it
+  came from is in its fault state, the tower is in `fault` and an alarm says
+  why; the inventory is unchanged by the failed operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from tower.config import BayConfig, SiteConfig, SizeClass, TowerConfig
+from tower.core import plan
+from tower.core.actions import (
+    Action,
+    Alarm,
+    AlarmCleared,
+    Occupancy,
+    Persist,
+    ReadStatus,
+    SendCommand,
+)
+from tower.core.allocator import Allocator, FirstFit, TowerView
+from tower.core.errors import IllegalTransition, RequestRefused
+from tower.core.events import (
+    CancelJob,
+    CommandWriteFailed,
+    DeviceOffline,
+    DeviceStatus,
+    Event,
+    ResetTower,
+    RetrieveRequested,
+    SetMode,
+    StoreRequested,
+    Tick,
+)
+from tower.core.inventory import Inventory, TowerSlots
+from tower.core.job import (
+    OUTCOMES,
+    TERMINAL,
+    Job,
+    JobEvent,
+    JobState,
+    Step,
+    StepEvent,
+    StepState,
+    job_machine,
+    step_machine,
+)
+from tower.core.link import DeviceLink, Inflight, Verdict
+from tower.core.machine import Machine
+from tower.core.model import SizeRules, SlotId, Travel, build_slots
+from tower.core.records import (
+    CarMoved,
+    JobCreated,
+    JobDestination,
+    JobFinished,
+    JobKind,
+    Record,
+    SlotBlocked,
+    StepIntent,
+    StepResult,
+    TicketClosed,
+    TicketIssued,
+)
+from tower.core.restore import RestoredState, reconcile
+from tower.core.safety import check_command
+from tower.core.sequencer import FcfsWholePath, Sequencer
+from tower.core.tower import MOTION_STATES, TowerEvent, TowerState, tower_machine
+
+ACCEPT_TIMEOUT_S = 3.0
+"""How long a PLC may take to echo a command's sequence as accepted, s."""
+
+HEARTBEAT_TIMEOUT_S = 3.0
+"""How long a PLC's heartbeat may stand still before it counts as offline, s."""
+
+# Job states in which a job's steps are sent.
+_STEPPING = frozenset(
+    {JobState.CHECKING, JobState.RUNNING, JobState.RETURNING, JobState.CANCELLING}
+)
+# Job states whose plan is final, so a device with no step left is released.
+_RELEASING = frozenset({JobState.RUNNING, JobState.RETURNING, JobState.CANCELLING})
+
+
+class _Tower:
+    """One tower's live state inside the core."""
+
+    def __init__(self, config: TowerConfig, core: SiteCore) -> None:
+        self.id = config.id
+        self.config = config
+        self.machine: Machine[TowerState, TowerEvent] = tower_machine(config.id)
+        self.links = {
+            name: DeviceLink(
+                config.id,
+                name,
+                last_seq=core.restored_seq.get((config.id, name), 0),
+                heartbeat_timeout_s=core.heartbeat_timeout_s,
+            )
+            for name in config.device_names()
+        }
+        self.bays: dict[str, BayConfig] = {bay.id: bay for bay in config.bays}
+        self.bay_at = {(bay.column, bay.side.value): bay.id for bay in config.bays}
+        # Bays nearest to the lift first: the ground shuttle travels least.
+        self.bay_order = [b.id for b in sorted(config.bays, key=lambda b: b.column)]
+        self.slots = TowerSlots(config.id, build_slots(config), core.inventory)
+        self.travel = Travel(config.physics)
+        self.view = TowerView(config, self.slots, core.sizes, self.travel)
+        self.holders: dict[str, str] = {}  # device -> job id holding it
+        self.jobs: list[Job] = []  # open jobs, oldest first
+        self.stranded: set[str] = set()  # devices holding a car no job accounts for
+        self.first_start = True
+        self.occupancy: Occupancy | None = None
+        self.dirty = True
+
+    @property
+    def state(self) -> TowerState:
+        return self.machine.state
+
+
+class _Book:
+    """The `PathBook` a sequencer sees for one tower."""
+
+    def __init__(self, core: SiteCore, tower: _Tower) -> None:
+        self._core = core
+        self._tower = tower
+
+    def plan_for(self, job: Job, bay: str) -> list[plan.StepSpec]:
+        t = self._tower
+        assert job.slot is not None  # a waiting job always knows its slot
+        if job.kind is JobKind.STORE:
+            return plan.store(t.bays[bay], job.slot)
+        return plan.retrieve(job.slot, t.bays[bay])
+
+    def available(self, device: str, job: Job) -> bool:
+        t = self._tower
+        holder = t.holders.get(device)
+        if holder is not None:
+            return holder == job.id
+        link = t.links[device]
+        if not link.healthy or device in t.stranded:
+            return False
+        if link.kind == "bay":
+            empty = self._core.inventory.at(t.id, device) is None
+            return empty and not link.flag("vehicle_present")
+        return True
+
+    def bays_for(self, job: Job) -> list[str]:
+        if job.bay is not None:
+            return [job.bay]
+        return self._tower.bay_order
+
+
+class SiteCore:
+    """The sans-IO core of one site. See the module docstring.
+
+    `allocator` chooses slots (default `FirstFit`), `sequencer` admits jobs
+    (default `FcfsWholePath`), `restored` is the journal's state at start.
+    `heartbeat_timeout_s=None` turns the heartbeat watch off, for a plant model
+    that reports changes only.
+    """
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        allocator: Allocator | None = None,
+        restored: RestoredState | None = None,
+        sequencer: Sequencer | None = None,
+        accept_timeout_s: float = ACCEPT_TIMEOUT_S,
+        heartbeat_timeout_s: float | None = HEARTBEAT_TIMEOUT_S,
+    ) -> None:
+        self.site = site
+        self.sizes = SizeRules(site)
+        self.allocator: Allocator = allocator or FirstFit()
+        self.sequencer: Sequencer = sequencer or FcfsWholePath()
+        self.accept_timeout_s = accept_timeout_s
+        self.done_timeout_s = site.poll.command_timeout_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.inventory = Inventory()
+        self.restored_seq = dict(restored.last_seq) if restored else {}
+        self.towers: dict[str, _Tower] = {t.id: _Tower(t, self) for t in site.towers}
+        self.open_jobs: dict[str, Job] = {}
+        self.alarms: dict[tuple[str, str, str], str] = {}
+        self.errors: list[IllegalTransition] = []
+        """Every domain error so far, oldest first (for tests and the console)."""
+        self._ticket_jobs: dict[str, str] = {}  # ticket -> its open job
+        self._restore_notes: dict[str, list[tuple[str, str, str]]] = {}
+        self._out: list[Action] = []
+        self._now = 0.0
+        if restored is not None:
+            self._restore(restored)
+
+    # -- the one way in ------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply one event at monotonic time `now`; the actions, in order.
+
+        Raises `RequestRefused` (with nothing changed) for a request that
+        cannot be honoured.
+        """
+        self._now = now
+        self._out = out = []
+        handler = self._HANDLERS[type(event)]
+        towers: list[_Tower]
+        try:
+            towers = handler(self, event)
+        except IllegalTransition as err:
+            towers = list(self.towers.values())
+            for t in towers:
+                self._domain_error(t, err)
+        for t in towers:
+            self._progress(t)
+        self._publish_occupancy()
+        self._out = []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time the core wants a `Tick`, or None."""
+        best: float | None = None
+        for t in self.towers.values():
+            for link in t.links.values():
+                due = link.deadline(self.accept_timeout_s, self.done_timeout_s)
+                if due is not None and (best is None or due < best):
+                    best = due
+        return best
+
+    # -- requests --------------------------------------------------------------
+
+    def _on_store(self, event: StoreRequested) -> list[_Tower]:
+        t = self._tower(event.tower)
+        self._check_new_job(event.job_id)
+        self._check_motion(t)
+        if event.bay not in t.bays:
+            raise RequestRefused("unknown_bay", f"{t.id} has no bay {event.bay!r}")
+        bay = t.links[event.bay]
+        if not bay.online or bay.status is None:
+            raise RequestRefused("device_offline", f"{event.bay} is offline")
+        if event.bay in t.holders or self.inventory.at(t.id, event.bay):
+            raise RequestRefused("bay_busy", f"{event.bay} is serving another car")
+        if not bay.flag("vehicle_present"):
+            raise RequestRefused("bay_empty", f"no car stands in {event.bay}")
+        if event.ticket in self.inventory.cars or event.ticket in self._ticket_jobs:
+            raise RequestRefused("ticket_in_use", f"ticket {event.ticket} is in use")
+        unplaced = sum(1 for j in t.jobs if j.kind is JobKind.STORE and j.slot is None)
+        if sum(1 for _ in t.slots.free()) <= unplaced:
+            raise RequestRefused("no_free_slot", f"{t.id} has no free slot")
+
+        job = self._new_job(t, event.job_id, JobKind.STORE, event.ticket)
+        job.bay = event.bay
+        self._hold(t, job, event.bay)
+        self._persist(
+            JobCreated(job.id, t.id, JobKind.STORE, job.ticket, event.bay, "")
+        )
+        return [t]
+
+    def _on_retrieve(self, event: RetrieveRequested) -> list[_Tower]:
+        self._check_new_job(event.job_id)
+        car = self.inventory.cars.get(event.ticket)
+        if car is None:
+            if event.ticket in self._ticket_jobs:
+                raise RequestRefused("ticket_in_use", "the car is still being stored")
+            raise RequestRefused("unknown_ticket", f"no car has ticket {event.ticket}")
+        if event.ticket in self._ticket_jobs:
+            job_id = self._ticket_jobs[event.ticket]
+            raise RequestRefused("ticket_in_use", f"job {job_id} serves this ticket")
+        t = self.towers[car.tower]
+        self._check_motion(t)
+        slot = t.slots.by_name.get(car.place)
+        if slot is None:
+            raise RequestRefused("car_not_parked", f"the car is at {car.place}")
+        if slot.id in t.slots.blocked:
+            why = t.slots.blocked[slot.id]
+            raise RequestRefused("slot_blocked", f"{slot.name} is blocked: {why}")
+        if event.bay is not None and event.bay not in t.bays:
+            raise RequestRefused("unknown_bay", f"{t.id} has no bay {event.bay!r}")
+
+        job = self._new_job(t, event.job_id, JobKind.RETRIEVE, event.ticket)
+        job.slot, job.bay, job.size = slot.id, event.bay, car.size
+        self._persist(
+            JobCreated(
+                job.id, t.id, JobKind.RETRIEVE, job.ticket, slot.name, event.bay or ""
+            )
+        )
+        job.machine.fire(JobEvent.QUEUED)
+        return [t]
+
+    def _on_cancel(self, event: CancelJob) -> list[_Tower]:
+        job = self.open_jobs.get(event.job_id)
+        if job is None:
+            raise RequestRefused("unknown_job", f"no open job {event.job_id}")
+        t = self.towers[job.tower]
+        state = job.state
+        if state is JobState.WAITING_PATH and job.kind is JobKind.STORE:
+            transition = JobEvent.CANCEL_RETURN
+        elif state in (JobState.REQUESTED, JobState.WAITING_PATH, JobState.HELD):
+            transition = JobEvent.CANCEL
+        else:
+            raise RequestRefused("job_running", f"job {job.id} is {state.value}")
+
+        job.reason = "cancelled by operator"
+        job.machine.fire(transition)
+        self._unreserve(t, job)
+        if job.state is JobState.CANCELLING:
+            assert job.bay is not None  # a store always has its bay
+            self._add_steps(job, plan.release(t.bays[job.bay]))
+        else:
+            self._finish(t, job)
+        return [t]
+
+    def _on_mode(self, event: SetMode) -> list[_Tower]:
+        t = self._tower(event.tower)
+        if event.mode not in ("auto", "manual"):
+            raise RequestRefused("bad_mode", f"mode {event.mode!r} is not auto/manual")
+        transition = TowerEvent.AUTO if event.mode == "auto" else TowerEvent.MANUAL
+        if not t.machine.allows(transition):
+            raise RequestRefused("tower_in_fault", f"{t.id} is in fault: reset it")
+        self._tower_fire(t, transition)
+        return [t]
+
+    def _on_reset(self, event: ResetTower) -> list[_Tower]:
+        t = self._tower(event.tower)
+        for link in t.links.values():
+            if link.state in ("fault", "estop"):
+                self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
+        self._clear(t, "", "domain_error")
+        self._tower_fire(t, TowerEvent.RESET)
+        return [t]
+
+    # -- devices and time ------------------------------------------------------
+
+    def _on_status(self, event: DeviceStatus) -> list[_Tower]:
+        t = self._tower(event.tower)
+        link = self._link(t, event.device)
+        was_online = link.online
+        cmd = link.inflight
+        verdict = link.observe(event.points, self._now)
+        if link.online and not was_online:
+            self._clear(t, link.name, "device_offline")
+
+        if cmd is not None and verdict is not Verdict.NONE:
+            job = self.open_jobs.get(cmd.job_id)
+            if job is None:  # the job ended (cancelled) under a running command
+                link.inflight = None
+            else:
+                try:
+                    self._judge(t, job, link, cmd, verdict)
+                except IllegalTransition as err:
+                    self._domain_error(t, err, job)
+
+        self._device_alarms(t, link)
+        if link.kind == "bay":
+            self._on_bay(t, link)
+        self._health(t)
+        return [t]
+
+    def _on_offline(self, event: DeviceOffline) -> list[_Tower]:
+        t = self._tower(event.tower)
+        self._offline(t, self._link(t, event.device), event.reason)
+        self._health(t)
+        return [t]
+
+    def _on_write_failed(self, event: CommandWriteFailed) -> list[_Tower]:
+        t = self._tower(event.tower)
+        link = self._link(t, event.device)
+        cmd = link.inflight
+        if cmd is None or cmd.seq != event.seq or cmd.accepted_at is not None:
+            return [t]  # about a command already judged: nothing to do
+        step = cmd.step
+        if cmd.write_failures == 0:
+            cmd.write_failures = 1
+            try:
+                check_command(
+                    t.state, step, t.links, t.bay_at, self._car_at(t), resend=True
+                )
+            except IllegalTransition:
+                pass  # no longer safe to write; fall through to the alarm
+            else:
+                # The same sequence again: the PLC runs it at most once.
+                self._out.append(self._command(t, cmd.job_id, step))
+                return [t]
+        message = f"{step.describe()} (seq {cmd.seq}) not written: {event.reason}"
+        self._alarm(t, link.name, "write_failed", message)
+        return [t]
+
+    def _on_tick(self, _event: Tick) -> list[_Tower]:
+        now = self._now
+        for t in self.towers.values():
+            for link in t.links.values():
+                cmd = link.inflight
+                if cmd is not None:
+                    self._check_overdue(t, link, cmd, now)
+                if link.heartbeat_stale(now):
+                    self._offline(t, link, "heartbeat stopped")
+            self._health(t)
+        return list(self.towers.values())
+
+    def _check_overdue(
+        self, t: _Tower, link: DeviceLink, cmd: Inflight, now: float
+    ) -> None:
+        what = f"{cmd.step.describe()} (seq {cmd.seq}, job {cmd.job_id})"
+        late = cmd.accepted_at is None and not cmd.accept_overdue
+        if late and now >= cmd.sent_at + self.accept_timeout_s:
+            cmd.accept_overdue = True
+            message = f"{what} not accepted within {self.accept_timeout_s:g} s"
+            self._alarm(t, link.name, "accept_timeout", message)
+            self._out.append(ReadStatus(t.id, link.name))
+        if not cmd.done_overdue and now >= cmd.sent_at + self.done_timeout_s:
+            cmd.done_overdue = True
+            message = f"{what} not done within {self.done_timeout_s:g} s"
+            self._alarm(t, link.name, "done_timeout", message)
+
+    def _judge(
+        self, t: _Tower, job: Job, link: DeviceLink, cmd: Inflight, verdict: Verdict
+    ) -> None:
+        step = cmd.step
+        if verdict is Verdict.ACCEPTED:
+            step.machine.fire(StepEvent.ACCEPT)
+            cmd.accepted_at = self._now
+            self._clear(t, link.name, "accept_timeout")
+            return
+
+        link.inflight = None
+        self._clear(t, link.name, "accept_timeout")
+        self._clear(t, link.name, "done_timeout")
+        self._clear(t, link.name, "write_failed")
+        points = link.status or {}
+        if verdict is Verdict.FAULT:
+            step.machine.fire(StepEvent.FAULT)
+            step.fault_code = str(points.get("fault_code", ""))
+            self._persist(
+                StepResult(
+                    job.id, step.index, t.id, step.device, step.seq, "fault",
+                    step.fault_code,
+                )
+            )  # fmt: skip
+            job.reason = f"{step.describe()} faulted: {step.fault_code}"
+            job.machine.fire(JobEvent.STEP_FAULT)
+            self._alarm(t, job.id, "job_held", f"job {job.id}: {job.reason}")
+            return
+
+        step.machine.fire(StepEvent.DONE)
+        self._persist(
+            StepResult(job.id, step.index, t.id, step.device, step.seq, "done", "none")
+        )
+        if step.car_to is not None:
+            self._move_car(t, job, step.car_to)
+        if job.state is JobState.CHECKING:
+            job.machine.fire(JobEvent.MEASURED)
+            self._allocate(t, job)
+        elif job.plan_done():
+            job.machine.fire(JobEvent.PLAN_DONE)
+            self._finish(t, job)
+            return
+        if job.state in _RELEASING:
+            self._release_done_devices(t, job)
+
+    def _on_bay(self, t: _Tower, bay: DeviceLink) -> None:
+        """A bay's status: a driver took a car away, or left before the check."""
+        if bay.flag("vehicle_present"):
+            return
+        holder = t.holders.get(bay.name)
+        if holder is not None:
+            job = self.open_jobs[holder]
+            if job.state is JobState.REQUESTED and job.kind is JobKind.STORE:
+                job.reason = "car_left"
+                job.machine.fire(JobEvent.CAR_LEFT)
+                self._finish(t, job)
+            return
+        ticket = self.inventory.at(t.id, bay.name)
+        if ticket is not None and ticket not in self._ticket_jobs:
+            self.inventory.remove(ticket)
+            self._persist(TicketClosed(ticket))
+
+    # -- progress --------------------------------------------------------------
+
+    def _progress(self, t: _Tower) -> None:
+        if t.state is TowerState.STARTING:
+            self._try_start(t)
+        if t.state not in MOTION_STATES:
+            return
+        try:
+            self._admit(t)
+        except IllegalTransition as err:
+            self._domain_error(t, err)
+        for job in list(t.jobs):
+            if t.state not in MOTION_STATES:
+                return
+            try:
+                self._advance(t, job)
+            except IllegalTransition as err:
+                self._domain_error(t, err, job)
+
+    def _admit(self, t: _Tower) -> None:
+        waiting = [j for j in t.jobs if j.state is JobState.WAITING_PATH]
+        if not waiting:
+            return
+        book = _Book(self, t)
+        for admission in self.sequencer.admit(waiting, book):
+            job = admission.job
+            path = plan.devices_of(admission.plan)
+            busy = [d for d in path if not book.available(d, job)]
+            if job.state is not JobState.WAITING_PATH or busy:
+                raise IllegalTransition("sequencer", f"path busy: {busy}", job.id)
+            for device in path:
+                self._hold(t, job, device)
+            if job.kind is JobKind.RETRIEVE and job.bay is None:
+                job.bay = admission.bay
+                self._persist(JobDestination(job.id, admission.bay))
+            self._add_steps(job, admission.plan)
+            job.machine.fire(JobEvent.ADMITTED)
+
+    def _advance(self, t: _Tower, job: Job) -> None:
+        if job.state is JobState.REQUESTED and job.kind is JobKind.STORE:
+            assert job.bay is not None
+            bay = t.links[job.bay]
+            if bay.ready and not bay.flag("person_present"):
+                job.machine.fire(JobEvent.BAY_CLEAR)
+                self._add_steps(job, plan.check(t.bays[job.bay]))
+        if job.state not in _STEPPING:
+            return
+        steps = job.steps
+        for step in steps:
+            if step.state is not StepState.PENDING:
+                continue
+            if any(steps[i].state is not StepState.DONE for i in step.after):
+                continue
+            if self._step_ready(t, step):
+                self._send(t, job, step)
+
+    def _step_ready(self, t: _Tower, step: Step) -> bool:
+        """Whether a step's devices are in a state to take it now."""
+        links = t.links
+        link = links[step.device]
+        if not link.ready:
+            return False
+        if step.code == "check":
+            return not link.flag("person_present")
+        for partner in step.partners:
+            other = links[partner]
+            if not other.ready:
+                return False
+            if other.kind == "bay" and (
+                other.flag("person_present") or not other.flag("door_closed")
+            ):
+                return False
+        return True
+
+    def _send(self, t: _Tower, job: Job, step: Step) -> None:
+        check_command(t.state, step, t.links, t.bay_at, self._car_at(t))
+        link = t.links[step.device]
+        step.seq = link.next_seq()
+        step.machine.fire(StepEvent.SEND)
+        link.inflight = Inflight(step.seq, job.id, step, self._now)
+        self._persist(
+            StepIntent(
+                job.id, step.index, t.id, step.device, step.code, step.target,
+                step.side, step.seq,
+            )
+        )  # fmt: skip
+        self._out.append(self._command(t, job.id, step))
+
+    def _command(self, t: _Tower, job_id: str, step: Step) -> SendCommand:
+        return SendCommand(
+            t.id, step.device, step.seq, step.code, step.target, step.side, job_id,
+            step.index,
+        )  # fmt: skip
+
+    def _allocate(self, t: _Tower, job: Job) -> None:
+        """The check is done: measure, choose a slot, take the car into custody."""
+        assert job.bay is not None
+        points = t.links[job.bay].status or {}
+        size = self.sizes.classify(
+            points.get("vehicle_length_mm", 0),
+            points.get("vehicle_width_mm", 0),
+            points.get("vehicle_height_mm", 0),
+            points.get("vehicle_weight_class", 0),
+        )
+        chosen: SlotId | None = None
+        if size is None:
+            job.reason = "car_too_large"
+        else:
+            chosen = self.allocator.choose(t.view, size)
+            if chosen is None:
+                job.reason = "no_free_slot"
+        if size is None or chosen is None:
+            job.machine.fire(JobEvent.NO_SLOT)
+            self._add_steps(job, plan.release(t.bays[job.bay]))
+            return
+
+        slot = t.slots.by_id.get(chosen)
+        if slot is None or not t.slots.is_free(slot):
+            raise IllegalTransition("allocator", f"{chosen} is not free", job.id)
+        if not self.sizes.fits(slot.size, size):
+            raise IllegalTransition("allocator", f"{chosen} is too small", job.id)
+        t.slots.reserve(slot.id, job.id)
+        self.inventory.add(job.ticket, t.id, job.bay, size)
+        job.slot, job.size = slot.id, size
+        t.dirty = True
+        self._persist(TicketIssued(job.ticket, t.id, job.bay, job.id, size.value))
+        self._persist(CarMoved(job.ticket, t.id, job.bay))
+        self._persist(JobDestination(job.id, slot.name))
+        job.machine.fire(JobEvent.SLOT_CHOSEN)
+
+    def _move_car(self, t: _Tower, job: Job, place: str) -> None:
+        self.inventory.move(job.ticket, place)
+        self._persist(CarMoved(job.ticket, t.id, place))
+        slot = t.slots.by_name.get(place)
+        if slot is not None:
+            t.slots.unreserve(slot.id)
+        t.dirty = True
+
+    # -- jobs and devices ------------------------------------------------------
+
+    def _new_job(self, t: _Tower, job_id: str, kind: JobKind, ticket: str) -> Job:
+        job = Job(job_id, t.id, kind, ticket, job_machine(job_id), self._now)
+        self.open_jobs[job_id] = job
+        self._ticket_jobs[ticket] = job_id
+        t.jobs.append(job)
+        return job
+
+    def _add_steps(self, job: Job, specs: list[plan.StepSpec]) -> None:
+        base = len(job.steps)
+        for offset, spec in enumerate(specs):
+            index = base + offset
+            job.steps.append(
+                Step(
+                    index=index,
+                    device=spec.device,
+                    code=spec.code,
+                    target=spec.target,
+                    side=spec.side,
+                    after=tuple(base + i for i in spec.after),
+                    partners=spec.partners,
+                    car_to=spec.car_to,
+                    machine=step_machine(job.id, index),
+                )
+            )
+
+    def _hold(self, t: _Tower, job: Job, device: str) -> None:
+        t.holders[device] = job.id
+        job.holds.add(device)
+
+    def _release_done_devices(self, t: _Tower, job: Job) -> None:
+        for device in list(job.holds):
+            if all(s.state is StepState.DONE for s in job.steps if device in s.devices):
+                job.holds.discard(device)
+                if t.holders.get(device) == job.id:
+                    del t.holders[device]
+
+    def _unreserve(self, t: _Tower, job: Job) -> None:
+        if job.slot is not None and t.slots.reserved.get(job.slot) == job.id:
+            t.slots.unreserve(job.slot)
+            t.dirty = True
+
+    def _finish(self, t: _Tower, job: Job) -> None:
+        for device in job.holds:
+            if t.holders.get(device) == job.id:
+                del t.holders[device]
+        job.holds.clear()
+        self._unreserve(t, job)
+        job.finished_at = self._now
+        self._persist(JobFinished(job.id, OUTCOMES[job.state], job.reason))
+        t.jobs.remove(job)
+        del self.open_jobs[job.id]
+        if self._ticket_jobs.get(job.ticket) == job.id:
+            del self._ticket_jobs[job.ticket]
+        for code in ("job_held", "job_open"):
+            self._clear(t, job.id, code)
+
+    # -- tower health and start ------------------------------------------------
+
+    def _tower_fire(self, t: _Tower, event: TowerEvent) -> None:
+        old = t.state
+        try:
+            new = t.machine.fire(event)
+        except IllegalTransition as err:
+            self._record_error(t, err)
+            new = t.state
+        if new is not old:
+            t.dirty = True
+            if new is TowerState.STARTING:
+                for link in t.links.values():
+                    link.fresh = False
+
+    def _health(self, t: _Tower) -> None:
+        links = t.links.values()
+        stopped = [link.name for link in links if link.estop]
+        if stopped:
+            self._alarm(t, "", "estop", f"e-stop on {', '.join(stopped)}")
+            if t.state is not TowerState.FAULT:
+                self._tower_fire(t, TowerEvent.ESTOP)
+            return
+        self._clear(t, "", "estop")
+        if t.state in MOTION_STATES:
+            healthy = all(link.healthy for link in links)
+            if healthy and t.state is TowerState.DEGRADED:
+                self._tower_fire(t, TowerEvent.DEVICES_HEALTHY)
+            elif not healthy and t.state is TowerState.AUTO:
+                self._tower_fire(t, TowerEvent.DEVICE_LOST)
+
+    def _device_alarms(self, t: _Tower, link: DeviceLink) -> None:
+        state = link.state
+        if state == "fault":
+            code = (link.status or {}).get("fault_code", "")
+            self._alarm(t, link.name, "device_fault", f"{link.name} faulted: {code}")
+        else:
+            self._clear(t, link.name, "device_fault")
+        if state == "manual":
+            self._alarm(t, link.name, "device_manual", f"{link.name} is in manual")
+        else:
+            self._clear(t, link.name, "device_manual")
+
+    def _offline(self, t: _Tower, link: DeviceLink, reason: str) -> None:
+        if link.online:
+            link.online = False
+            link.offline_reason = reason
+            self._alarm(t, link.name, "device_offline", f"{link.name}: {reason}")
+
+    def _try_start(self, t: _Tower) -> None:
+        """In `starting`: once every device has reported, reconcile and go on."""
+        if not all(link.fresh for link in t.links.values()):
+            return
+        places = [*t.links]
+        findings = reconcile(t.slots, self.inventory, t.links, places)
+        for finding in findings:
+            if finding.code == "car_in_transit" and not t.first_start:
+                continue  # cars of running jobs; reported once, at the first start
+            subject = finding.device
+            if finding.slot is not None:
+                subject = str(finding.slot)
+                t.slots.blocked[finding.slot] = finding.message
+                t.dirty = True
+                self._persist(SlotBlocked(t.id, subject, finding.message))
+            self._alarm(t, subject, finding.code, finding.message)
+        if t.first_start:
+            for subject, code, message in self._restore_notes.pop(t.id, []):
+                self._alarm(t, subject, code, message)
+        t.first_start = False
+
+        if any(link.estop for link in t.links.values()):
+            self._health(t)
+            return
+        self._tower_fire(t, TowerEvent.RECONCILED)
+        self._health(t)
+
+    # -- restore ---------------------------------------------------------------
+
+    def _restore(self, restored: RestoredState) -> None:
+        notes = self._restore_notes
+        for (tower_id, slot_name), reason in restored.blocked.items():
+            t = self.towers.get(tower_id)
+            slot = t.slots.by_name.get(slot_name) if t else None
+            if t is not None and slot is not None:
+                t.slots.blocked[slot.id] = reason
+        for ticket, (tower_id, place, size) in restored.cars.items():
+            try:
+                self.inventory.add(ticket, tower_id, place, SizeClass(size))
+            except IllegalTransition as err:
+                note = (place, "car_conflict", f"car {ticket} not restored: {err}")
+                notes.setdefault(tower_id, []).append(note)
+        for rjob in restored.jobs:
+            t = self.towers.get(rjob.tower)
+            if t is None:
+                continue
+            job = self._new_job(t, rjob.job_id, rjob.kind, rjob.ticket)
+            job.machine.to_fault()  # held: nothing here proves what happened
+            car = self.inventory.cars.get(rjob.ticket)
+            place = car.place if car else "the bay (not yet measured)"
+            job.reason = f"open at restart; car {rjob.ticket} at {place}"
+            for end in (rjob.origin, rjob.destination):
+                if end in t.bays:
+                    job.bay = end
+                    self._hold(t, job, end)
+                elif end in t.slots.by_name:
+                    job.slot = t.slots.by_name[end].id
+            if car is not None and car.place in t.links:
+                self._hold(t, job, car.place)
+            message = f"job {job.id} ({job.kind.value}) {job.reason}; held"
+            notes.setdefault(t.id, []).append((job.id, "job_open", message))
+        for car in self.inventory.cars.values():
+            t = self.towers.get(car.tower)
+            if t is None:
+                continue
+            on_device = car.place in t.links and car.place not in t.bays
+            if on_device and car.ticket not in self._ticket_jobs:
+                t.stranded.add(car.place)
+
+    # -- small helpers ---------------------------------------------------------
+
+    def _tower(self, tower: str) -> _Tower:
+        t = self.towers.get(tower)
+        if t is None:
+            raise RequestRefused("unknown_tower", f"no tower {tower!r}")
+        return t
+
+    def _link(self, t: _Tower, device: str) -> DeviceLink:
+        link = t.links.get(device)
+        if link is None:
+            raise RequestRefused("unknown_device", f"{t.id} has no device {device!r}")
+        return link
+
+    def _check_new_job(self, job_id: str) -> None:
+        if job_id in self.open_jobs:
+            raise RequestRefused("job_id_in_use", f"job {job_id} exists")
+
+    def _check_motion(self, t: _Tower) -> None:
+        if t.state not in MOTION_STATES:
+            raise RequestRefused("tower_not_auto", f"{t.id} is {t.state.value}")
+
+    def _car_at(self, t: _Tower) -> Callable[[str], str | None]:
+        inventory, tower = self.inventory, t.id
+        return lambda place: inventory.at(tower, place)
+
+    def _persist(self, record: Record) -> None:
+        self._out.append(Persist(record))
+
+    def _alarm(self, t: _Tower, device: str, code: str, message: str) -> None:
+        key = (t.id, device, code)
+        if key not in self.alarms:
+            self.alarms[key] = message
+            self._out.append(Alarm(t.id, device, code, message))
+
+    def _clear(self, t: _Tower, device: str, code: str) -> None:
+        if self.alarms.pop((t.id, device, code), None) is not None:
+            self._out.append(AlarmCleared(t.id, device, code))
+
+    def _record_error(self, t: _Tower, err: IllegalTransition) -> None:
+        self.errors.append(err)
+        self._alarm(t, "", "domain_error", str(err))
+
+    def _domain_error(
+        self, t: _Tower, err: IllegalTransition, job: Job | None = None
+    ) -> None:
+        """A bug showed: stop the job and the tower, and say so."""
+        self._record_error(t, err)
+        if job is not None and job.state not in TERMINAL:
+            if job.state is not JobState.HELD:
+                job.machine.to_fault()
+            job.reason = str(err)
+            self._alarm(t, job.id, "job_held", f"job {job.id}: {err}")
+        self._tower_fire(t, TowerEvent.ERROR)
+
+    def _publish_occupancy(self) -> None:
+        tall = SizeClass.TALL
+        for t in self.towers.values():
+            if not t.dirty:
+                continue
+            t.dirty = False
+            figures = Occupancy(t.id, *t.slots.occupancy(tall), t.state.value)
+            if figures != t.occupancy:
+                t.occupancy = figures
+                self._out.append(figures)
+
+    _HANDLERS: ClassVar[dict[type, Callable[[SiteCore, Any], list[_Tower]]]] = {
+        StoreRequested: _on_store,
+        RetrieveRequested: _on_retrieve,
+        CancelJob: _on_cancel,
+        SetMode: _on_mode,
+        ResetTower: _on_reset,
+        DeviceStatus: _on_status,
+        DeviceOffline: _on_offline,
+        CommandWriteFailed: _on_write_failed,
+        Tick: _on_tick,
+    }
+
+    # -- queries ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Every tower's state, occupancy, devices and alarms (JSON-able)."""
+        towers = []
+        for t in self.towers.values():
+            capacity, occupied, free, free_ev, free_tall, closed = t.slots.occupancy(
+                SizeClass.TALL
+            )
+            devices = {
+                name: {
+                    "state": link.state,
+                    "online": link.online,
+                    "seq": link.seq,
+                    "in_flight": link.inflight.seq if link.inflight else None,
+                    "held_by": t.holders.get(name),
+                }
+                for name, link in t.links.items()
+            }
+            towers.append(
+                {
+                    "id": t.id,
+                    "state": t.state.value,
+                    "capacity": capacity,
+                    "occupied": occupied,
+                    "free": free,
+                    "free_ev": free_ev,
+                    "free_tall": free_tall,
+                    "closed": closed,
+                    "jobs": len(t.jobs),
+                    "devices": devices,
+                    "alarms": self._alarm_list(t.id),
+                }
+            )
+        return {"site": self.site.id, "towers": towers, "alarms": self._alarm_list()}
+
+    def slots(self, tower: str) -> list[dict[str, Any]]:
+        """Every slot of a tower with its size, charger, car and reservation."""
+        t = self._tower(tower)
+        return [
+            {
+                "slot": slot.name,
+                "level": slot.id.level,
+                "column": slot.id.column,
+                "side": slot.id.side.value,
+                "size": slot.size.value,
+                "charger": slot.charger,
+                "disabled": slot.disabled,
+                "blocked": t.slots.blocked.get(slot.id),
+                "reserved_by": t.slots.reserved.get(slot.id),
+                "ticket": t.slots.car_at(slot),
+            }
+            for slot in t.slots.order
+        ]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The open jobs, oldest first, each with its steps."""
+        return [self._job_dict(job) for t in self.towers.values() for job in t.jobs]
+
+    def ticket(self, ticket: str) -> dict[str, Any]:
+        """Where the car of a ticket is, and the job serving it."""
+        car = self.inventory.cars.get(ticket)
+        job_id = self._ticket_jobs.get(ticket)
+        job = self.open_jobs.get(job_id) if job_id else None
+        if car is None and job is None:
+            raise RequestRefused("unknown_ticket", f"no car has ticket {ticket}")
+        return {
+            "ticket": ticket,
+            "tower": car.tower if car else job.tower,  # type: ignore[union-attr]
+            "place": car.place if car else job.bay,  # type: ignore[union-attr]
+            "size_class": car.size.value if car else None,
+            "job_id": job.id if job else None,
+            "job_state": job.state.value if job else None,
+        }
+
+    def _job_dict(self, job: Job) -> dict[str, Any]:
+        if job.kind is JobKind.STORE:
+            origin, destination = job.bay, str(job.slot) if job.slot else ""
+        else:
+            origin, destination = str(job.slot) if job.slot else "", job.bay or ""
+        return {
+            "job_id": job.id,
+            "tower": job.tower,
+            "kind": job.kind.value,
+            "ticket": job.ticket,
+            "state": job.state.value,
+            "origin": origin,
+            "destination": destination,
+            "bay": job.bay,
+            "size_class": job.size.value if job.size else None,
+            "created_at": job.created_at,
+            "reason": job.reason,
+            "holds": sorted(job.holds),
+            "steps": [
+                {
+                    "step": s.index,
+                    "command": s.describe(),
+                    "state": s.state.value,
+                    "seq": s.seq,
+                    "fault_code": s.fault_code,
+                }
+                for s in job.steps
+            ],
+        }
+
+    def _alarm_list(self, tower: str | None = None) -> list[dict[str, str]]:
+        return [
+            {"tower": tw, "device": device, "code": code, "message": message}
+            for (tw, device, code), message in self.alarms.items()
+            if tower is None or tw == tower
+        ]
