@@ -225,6 +225,11 @@ class Harness:
         car = self.plant.driver_collects(tower, bay)
         self.delivered[ticket] = car.id
 
+    def _take_back(self, tower: str, bay: str) -> None:
+        flags = self.plant.status(tower, bay)["flags"]
+        if flags["vehicle_present"] and not flags["door_closed"]:
+            self.plant.driver_collects(tower, bay)
+
     # -- the event loop --------------------------------------------------------
 
     def run_until(self, t: float) -> None:
@@ -267,10 +272,12 @@ class Harness:
     def _step(self, t: float) -> None:
         self.plant.advance(t)
         self.now = t
+        self._settle()
         while self._schedule and self._schedule[0][0] <= t:
             _, _, action = heapq.heappop(self._schedule)
             action()
-        self._settle()
+            # The shell sees a change within a poll; the next request sees it.
+            self._settle()
         deadline = self.core.next_deadline()
         if deadline is not None and deadline <= t:
             self._handle(Tick())
@@ -358,9 +365,12 @@ class Harness:
             times.finished_at = self.now
             times.outcome, times.reason = record.outcome.value, record.reason
             done = record.outcome.value == "done"
+            tower, bay, ticket = times.tower, times.bay, times.ticket
             if times.kind is JobKind.RETRIEVE and done:
-                tower, bay, ticket = times.tower, times.bay, times.ticket
                 self._at(None, lambda: self._collect(tower, bay, ticket))
+            elif times.kind is JobKind.STORE and not done:
+                # Refused after the check, or cancelled: the driver takes it back.
+                self._at(None, lambda: self._take_back(tower, bay))
 
     def _flush(self) -> None:
         if self._batch and self.journal is not None:

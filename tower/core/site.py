@@ -549,17 +549,20 @@ class SiteCore:
                 continue
             if any(steps[i].state is not StepState.DONE for i in step.after):
                 continue
-            if self._step_ready(t, step):
+            if self._step_ready(t, step, retrieve=job.kind is JobKind.RETRIEVE):
                 self._send(t, job, step)
 
-    def _step_ready(self, t: _Tower, step: Step) -> bool:
+    def _step_ready(self, t: _Tower, step: Step, *, retrieve: bool = False) -> bool:
         """Whether a step's devices are in a state to take it now."""
         links = t.links
         link = links[step.device]
         if not link.ready:
             return False
         if step.code == "check":
-            return not link.flag("person_present")
+            # A retrieve checks an empty bay: a car that drove in meanwhile
+            # must leave first (its store is refused: the bay is taken).
+            empty = not link.flag("vehicle_present")
+            return not link.flag("person_present") and (empty or not retrieve)
         for partner in step.partners:
             other = links[partner]
             if not other.ready:
