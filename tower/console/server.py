@@ -72,7 +72,7 @@ class ControlServer:
         self.path = Path(path)
         self._tokens = tokens
         self._dispatch = dispatch
-        self._commands = dict(commands)
+        self._commands = {cmd: Role(role) for cmd, role in commands.items()}
         self._audit = audit
         self._max_line_bytes = max_line_bytes
         self._server: asyncio.Server | None = None
