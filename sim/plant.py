@@ -313,6 +313,14 @@ class Plant:
             bay_at[(bay.column, bay.side.value)] = bay.id
         return _Tower(config=config, devices=devices, places={}, bay_at=bay_at)
 
+    def set_heartbeat_timeouts(self, timeouts: float | Mapping[str, float]) -> None:
+        """Change the watchdog of every device (same keys as the constructor).
+
+        A command already running keeps its start as the watchdog's reference.
+        """
+        for d in self._devices:
+            d.hb_timeout_s = _timeout_for(timeouts, d.tower, d.name, d.kind)
+
     # -- time -------------------------------------------------------------
 
     def advance(self, t: float) -> None:
@@ -559,6 +567,10 @@ class Plant:
     def locate(self, car_id: str) -> tuple[str, str] | None:
         """The tower and place of a car, or None."""
         return self._where.get(car_id)
+
+    def car_in(self, tower: str, place: str) -> str | None:
+        """The car at a place of a tower (slot id, device or bay), or None."""
+        return self._tower(tower).places.get(place)
 
     def slot_contents(self, tower: str) -> dict[str, str]:
         """Slot id -> car id for every occupied slot of a tower."""
