@@ -333,7 +333,7 @@ class Plant:
                 break
             self.now = max(self.now, due)
             self._run_due()
-        self.now = t
+        self.now = float(t)
 
     def next_event_time(self) -> float | None:
         """When the plant next changes by itself, or None if it never will."""
