@@ -172,6 +172,24 @@ class Harness:
         """
         self._at(at, lambda: self._request_retrieve(ticket, bay, retry_s))
 
+    def operate(self, event: Event, *, poll: bool = True) -> None:
+        """An operator request (`SetMode`, `ResetTower`, `CancelJob`) or an
+        injected shell event now, then (with `poll`) a poll of every device, as
+        the shell's polling would give. Raises `RequestRefused` as the core
+        does."""
+        self._handle(event)
+        if poll:
+            self.poll()
+        else:
+            self._settle()
+
+    def poll(self) -> None:
+        """Feed the current status of every device (a full poll round)."""
+        for tower in self.site.towers:
+            for device in tower.device_names():
+                self._feed(tower.id, device)
+        self._settle()
+
     def _queue_arrival(self, tower: str, bay: str, ticket: str, car: Car) -> None:
         self._waiting.setdefault((tower, bay), []).append((ticket, car))
         self._admit_arrivals()

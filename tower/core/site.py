@@ -300,10 +300,18 @@ class SiteCore:
             raise RequestRefused("unknown_bay", f"{t.id} has no bay {event.bay!r}")
 
         job = self._new_job(t, event.job_id, JobKind.RETRIEVE, event.ticket)
-        job.slot, job.bay, job.size = slot.id, event.bay, car.size
+        job.slot, job.size = slot.id, car.size
+        # The bay is taken now if one is free, so the visitor knows where to
+        # go; otherwise the sequencer gives the first that frees up.
+        book = _Book(self, t)
+        for bay in [event.bay] if event.bay else t.bay_order:
+            if book.available(bay, job):
+                self._hold(t, job, bay)
+                break
+        job.bay = event.bay or (next(iter(job.holds)) if job.holds else None)
         self._persist(
             JobCreated(
-                job.id, t.id, JobKind.RETRIEVE, job.ticket, slot.name, event.bay or ""
+                job.id, t.id, JobKind.RETRIEVE, job.ticket, slot.name, job.bay or ""
             )
         )
         job.machine.fire(JobEvent.QUEUED)
@@ -472,7 +480,7 @@ class SiteCore:
         if job.state is JobState.CHECKING:
             job.machine.fire(JobEvent.MEASURED)
             self._allocate(t, job)
-        elif job.plan_done():
+        elif job.state in _RELEASING and job.plan_done():
             job.machine.fire(JobEvent.PLAN_DONE)
             self._finish(t, job)
             return
@@ -688,6 +696,12 @@ class SiteCore:
         self._unreserve(t, job)
         job.finished_at = self._now
         self._persist(JobFinished(job.id, OUTCOMES[job.state], job.reason))
+        car = self.inventory.cars.get(job.ticket)
+        if car is not None and car.place in t.links and car.place not in t.bays:
+            # A cancelled held job left its car on a device: keep others off it.
+            t.stranded.add(car.place)
+            message = f"car {car.ticket} left on {car.place} by job {job.id}"
+            self._alarm(t, car.place, "car_stranded", message)
         t.jobs.remove(job)
         del self.open_jobs[job.id]
         if self._ticket_jobs.get(job.ticket) == job.id:
@@ -712,7 +726,8 @@ class SiteCore:
 
     def _health(self, t: _Tower) -> None:
         links = t.links.values()
-        stopped = [link.name for link in links if link.estop]
+        # A status from before the latest `starting` (a reset) may be stale.
+        stopped = [link.name for link in links if link.estop and link.fresh]
         if stopped:
             self._alarm(t, "", "estop", f"e-stop on {', '.join(stopped)}")
             if t.state is not TowerState.FAULT:
