@@ -22,11 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tower.console.client import request
-
 from sim.plant import Car, Plant
 from sim.server import serve
 from tower.config import SiteConfig, TowerConfig
+from tower.console.client import ControlError, request
 from tower.service import Controller, run_controller
 
 _PORT_SPAN = 60  # ports one tower may use above its port_base
@@ -121,7 +120,11 @@ class Rig:
         tokens.write_text(f"maintenance {self.token}\n", encoding="utf-8")
         tokens.chmod(0o600)
         self._sim = await serve(self.site, self.plant, speed=self.speed)
-        await self.start_controller()
+        try:
+            await self.start_controller()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -220,19 +223,40 @@ class Rig:
         Returns the ticket the driver gets.
         """
         await self.wait_until(lambda: self.bay_ready(tower, bay), timeout_s=timeout_s)
+        self._sim.sync()
         self.plant.car_arrives(tower, bay, car)
-        result = await self.ctl("store", tower=tower, bay=bay)
-        return result["ticket"]
+        # Like a bay terminal, ask once the controller has seen the car (its next
+        # poll of the bay) and has finished with the car before (its release).
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                result = await self.ctl("store", tower=tower, bay=bay)
+            except ControlError as err:
+                waiting = err.code in ("bay_empty", "bay_busy")
+                if not waiting or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
+                continue
+            return result["ticket"]
+
+    def released_bay(self, tower: str, car_id: str) -> str | None:
+        """The bay where a retrieved car stands with its door open, if it does."""
+        where = self.plant.locate(car_id)
+        if where is None or where[0] != tower:
+            return None
+        place = where[1]
+        if place not in {b.id for b in self.site.tower(tower).bays}:
+            return None
+        flags = self.plant.status(tower, place)["flags"]
+        if flags["vehicle_present"] and not flags["door_closed"]:
+            return place
+        return None
 
     def car_released(self, tower: str, bay: str, car_id: str) -> bool:
-        """The retrieved car stands in its bay with the door open."""
-        if self.plant.where(car_id) != bay:
-            return False
-        if self.plant.locate(car_id) != (tower, bay):
-            return False
-        flags = self.plant.status(tower, bay)["flags"]
-        return flags["vehicle_present"] and not flags["door_closed"]
+        """The retrieved car stands in that bay with the door open."""
+        return self.released_bay(tower, car_id) == bay
 
     async def collect(self, tower: str, bay: str) -> Car:
         """The visitor drives the released car away."""
+        self._sim.sync()
         return self.plant.driver_collects(tower, bay)

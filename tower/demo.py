@@ -144,13 +144,13 @@ class Visitors:
         await self.rig.sleep_sim(visit_s)
         asked = self.rig.now()
         result = await self.rig.ctl("retrieve", ticket=ticket)
-        tower, bay = result["tower"], result["bay"]
+        tower = result["tower"]
         await self.rig.wait_until(
-            lambda: self.rig.car_released(tower, bay, car.id), timeout_s=7200
+            lambda: self.rig.released_bay(tower, car.id) is not None, timeout_s=7200
         )
         self.stats.waits_s.append(self.rig.now() - asked)
         self.stats.retrieved += 1
-        await self.rig.collect(tower, bay)
+        await self.rig.collect(tower, self.rig.released_bay(tower, car.id) or "")
 
     def cancel(self) -> None:
         for task in self._tasks:

@@ -108,6 +108,7 @@ class Controller:
         self._lock = asyncio.Lock()
         self._events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._wake = asyncio.Event()
+        self._tick_at = 0.0
         self._stop = asyncio.Event()
         self._pending_writes: set[asyncio.Task[None]] = set()
         self.drivers: dict[tuple[str, str], DeviceDriver] = {}
@@ -243,16 +244,20 @@ class Controller:
             await self.apply(event)
 
     async def _ticker(self) -> None:
-        """Feed the core a Tick at its next deadline (and at least every second)."""
+        """Feed the core a Tick at its next deadline (and at least every second).
+
+        `apply` wakes this loop early only when an event moved the core's next
+        deadline before the one it sleeps towards.
+        """
         assert self.core is not None
         while True:
+            self._wake.clear()
             now = self._clock()
             deadline = self.core.next_deadline()
-            wait_s = 1.0 if deadline is None else min(1.0, max(0.01, deadline - now))
+            self._tick_at = now + 1.0 if deadline is None else min(now + 1.0, deadline)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
+                async with asyncio.timeout(max(0.005, self._tick_at - now)):
                     await self._wake.wait()
-            self._wake.clear()
             await self.apply(ev.Tick())
 
     async def apply(self, event: ev.Event) -> list[act.Action]:
@@ -265,7 +270,10 @@ class Controller:
         async with self._lock:
             actions = self.core.handle(event, self._clock())
             await self._carry_out(actions)
-        self._wake.set()
+        if not isinstance(event, ev.Tick):
+            deadline = self.core.next_deadline()
+            if deadline is not None and deadline < self._tick_at:
+                self._wake.set()
         return actions
 
     async def _carry_out(self, actions: list[act.Action]) -> None:

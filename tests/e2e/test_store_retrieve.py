@@ -147,13 +147,15 @@ async def test_twelve_cars_come_back_by_ticket_from_their_own_slots(
                         if j["job_id"] == reply["job_id"]
                     )
                     assert job["origin"] == slots[car.id]
-                    asked.append((car, reply["bay"]))
-                for car, bay in asked:
+                    asked.append(car)
+                for car in asked:
                     await rig.wait_until(
-                        lambda car=car, bay=bay: rig.car_released(TOWER, bay, car.id),
+                        lambda car=car: rig.released_bay(TOWER, car.id) is not None,
                         timeout_s=240,
                     )
-                    collected = await rig.collect(TOWER, bay)
+                    collected = await rig.collect(
+                        TOWER, rig.released_bay(TOWER, car.id)
+                    )
                     assert collected.id == car.id
             await rig.wait_until(lambda: not rig.controller.core.jobs(), timeout_s=60)
             await feed.wait_for(lambda: feed.towers(TOWER)[-1]["free"] == capacity)
