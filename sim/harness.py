@@ -395,6 +395,10 @@ class Harness:
             batch, self._batch = self._batch, []
             self.journal.write(batch)
 
+    def schedule(self, t: float, action: Callable[[], None]) -> None:
+        """Run `action` at virtual time `t` (a fault injection, an e-stop)."""
+        self._at(t, action)
+
     def _at(self, t: float | None, action: Callable[[], None]) -> None:
         when = self.now if t is None else max(t, self.now)
         heapq.heappush(self._schedule, (when, next(self._order), action))

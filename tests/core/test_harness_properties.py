@@ -60,6 +60,8 @@ def check_agreement(h: Harness) -> None:
     occupancy figures that add up."""
     parked = h.parked(TOWER)
     assert parked == h.plant.slot_contents(TOWER)
+    for ticket, car in h.core.inventory.cars.items():
+        assert h.plant.locate(h.car_of[ticket]) == (car.tower, car.place)
     assert len(set(parked.values())) == len(parked)
 
     tower = h.core.status()["towers"][0]
@@ -131,3 +133,48 @@ def test_every_stored_car_comes_back_with_its_ticket(first, second, data):
     too_large = [j for j in h.jobs.values() if j.reason == "car_too_large"]
     assert all(j.outcome == "failed" for j in too_large)
     assert not [a for a in h.alarms if a.code in ("domain_error", "job_held")]
+
+
+DEVICES = ("lift", "shuttle-0", "shuttle-1", "shuttle-2", "shuttle-3", *BAYS)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cars=st.lists(arrival, min_size=1, max_size=10),
+    faults=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=1500, allow_nan=False),
+            st.sampled_from(DEVICES),
+            st.sampled_from(["interlock", "bad_command"]),
+        ),
+        max_size=3,
+    ),
+)
+def test_plc_faults_never_corrupt_the_inventory(cars, faults):
+    """PLC faults at random times and devices: the jobs they hit are held,
+    the others finish; the core's inventory always matches the plant, no
+    motion runs twice and no domain error (safety violation) occurs."""
+    h = Harness(site())
+    h.on_command.append(check_bay_safety)
+    h.after_step.append(check_agreement)
+    for at, device, code in sorted(faults):
+        h.schedule(at, lambda d=device, c=code: h.plant.inject_fault(TOWER, d, c))
+    tickets = [
+        h.arrive(TOWER, bay, Car(f"c{i}", height_mm=HEIGHTS[size], driver_time_s=s),
+                 at=at)
+        for i, (bay, at, size, s) in enumerate(cars)
+    ]  # fmt: skip
+    h.run_until(6000)
+    for ticket in tickets:
+        if ticket in h.core.inventory.cars and h.core.ticket(ticket)["job_id"] is None:
+            h.retrieve(ticket)
+    h.run_until(12000)
+
+    assert h.core.errors == []
+    assert [k for k, n in h.plant.motions.items() if n > 1] == []
+    held = {j["job_id"] for j in h.core.jobs() if j["state"] == "held"}
+    assert {j["job_id"] for j in h.core.jobs()} <= held | {
+        j["job_id"] for j in h.core.jobs() if j["state"] == "waiting_path"
+    }
+    for ticket in h.delivered:
+        assert h.delivered[ticket] == h.car_of[ticket]

@@ -159,15 +159,16 @@ class _Book:
     def available(self, device: str, job: Job) -> bool:
         t = self._tower
         holder = t.holders.get(device)
-        if holder is not None:
-            return holder == job.id
-        link = t.links[device]
-        if not link.healthy or device in t.stranded:
+        if holder is not None and holder != job.id:
             return False
-        if link.kind == "bay":
+        link = t.links[device]
+        if link.kind == "bay" and job.kind is JobKind.RETRIEVE:
+            # A retrieve needs its bay empty: the last car collected.
             empty = self._core.inventory.at(t.id, device) is None
-            return empty and not link.flag("vehicle_present")
-        return True
+            return empty and link.healthy and not link.flag("vehicle_present")
+        if holder is not None:
+            return True
+        return link.healthy and device not in t.stranded
 
     def bays_for(self, job: Job) -> list[str]:
         if job.bay is not None:
@@ -301,14 +302,17 @@ class SiteCore:
 
         job = self._new_job(t, event.job_id, JobKind.RETRIEVE, event.ticket)
         job.slot, job.size = slot.id, car.size
-        # The bay is taken now if one is free, so the visitor knows where to
-        # go; otherwise the sequencer gives the first that frees up.
+        # The bay is taken now, so the visitor knows where to go: a free one
+        # if there is one, else one whose last car is still being collected.
+        # With every bay taken by jobs, the first to free up serves it.
         book = _Book(self, t)
-        for bay in [event.bay] if event.bay else t.bay_order:
-            if book.available(bay, job):
-                self._hold(t, job, bay)
-                break
-        job.bay = event.bay or (next(iter(job.holds)) if job.holds else None)
+        untaken = [b for b in [event.bay] if b] or [
+            b for b in t.bay_order if b not in t.holders
+        ]
+        free = [b for b in untaken if book.available(b, job)]
+        job.bay = event.bay or next(iter(free or untaken), None)
+        if job.bay is not None and job.bay not in t.holders:
+            self._hold(t, job, job.bay)
         self._persist(
             JobCreated(
                 job.id, t.id, JobKind.RETRIEVE, job.ticket, slot.name, job.bay or ""
@@ -491,18 +495,16 @@ class SiteCore:
         """A bay's status: a driver took a car away, or left before the check."""
         if bay.flag("vehicle_present"):
             return
-        holder = t.holders.get(bay.name)
-        if holder is not None:
-            job = self.open_jobs[holder]
-            if job.state is JobState.REQUESTED and job.kind is JobKind.STORE:
-                job.reason = "car_left"
-                job.machine.fire(JobEvent.CAR_LEFT)
-                self._finish(t, job)
-            return
         ticket = self.inventory.at(t.id, bay.name)
         if ticket is not None and ticket not in self._ticket_jobs:
             self.inventory.remove(ticket)
             self._persist(TicketClosed(ticket))
+        holder = t.holders.get(bay.name)
+        job = self.open_jobs.get(holder) if holder else None
+        if job and job.state is JobState.REQUESTED and job.kind is JobKind.STORE:
+            job.reason = "car_left"
+            job.machine.fire(JobEvent.CAR_LEFT)
+            self._finish(t, job)
 
     # -- progress --------------------------------------------------------------
 
