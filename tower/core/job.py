@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from tower.config import SizeClass
 from tower.core.machine import Machine
@@ -94,6 +95,8 @@ JOB_TABLE: dict[tuple[JobState, JobEvent], JobState] = {
     (S.RETURNING, E.PLAN_DONE): S.FAILED,
     (S.CANCELLING, E.PLAN_DONE): S.CANCELLED,
     **{(state, E.STEP_FAULT): S.HELD for state in _FAULTS},
+    # A step that ran in parallel faults too after the job was held.
+    (S.HELD, E.STEP_FAULT): S.HELD,
     (S.HELD, E.CANCEL): S.CANCELLED,
 }
 """(state, event) -> next state of a job."""
@@ -194,6 +197,7 @@ class Job:
     holds: set[str] = field(default_factory=set)  # devices reserved by this job
     reason: str = ""
     finished_at: float | None = None
+    plans: dict[str, list[Any]] = field(default_factory=dict)  # bay -> plan, cached
 
     @property
     def state(self) -> JobState:

@@ -150,11 +150,17 @@ class _Book:
         self._tower = tower
 
     def plan_for(self, job: Job, bay: str) -> list[plan.StepSpec]:
+        cached = job.plans.get(bay)
+        if cached is not None:
+            return cached
         t = self._tower
         assert job.slot is not None  # a waiting job always knows its slot
         if job.kind is JobKind.STORE:
-            return plan.store(t.bays[bay], job.slot)
-        return plan.retrieve(job.slot, t.bays[bay])
+            made = plan.store(t.bays[bay], job.slot)
+        else:
+            made = plan.retrieve(job.slot, t.bays[bay])
+        job.plans[bay] = made
+        return made
 
     def available(self, device: str, job: Job) -> bool:
         t = self._tower
@@ -369,6 +375,7 @@ class SiteCore:
         t = self._tower(event.tower)
         link = self._link(t, event.device)
         was_online = link.online
+        was = (link.healthy, link.estop)
         cmd = link.inflight
         verdict = link.observe(event.points, self._now)
         if link.online and not was_online:
@@ -387,7 +394,8 @@ class SiteCore:
         self._device_alarms(t, link)
         if link.kind == "bay":
             self._on_bay(t, link)
-        self._health(t)
+        if (link.healthy, link.estop) != was or t.state is TowerState.STARTING:
+            self._health(t)
         return [t]
 
     def _on_offline(self, event: DeviceOffline) -> list[_Tower]:
