@@ -211,6 +211,18 @@ class Rig:
             and not flags["door_closed"]
         )
 
+    def bay_free(self, tower: str, bay: str) -> bool:
+        """The bay is open and empty and no job of the controller has it: the
+        bay's traffic light shows green."""
+        if not self.bay_ready(tower, bay):
+            return False
+        core = self.controller.core if self.controller else None
+        if core is None:
+            return False
+        if core.inventory.at(tower, bay):
+            return False  # the controller has not yet seen the last car leave
+        return not any(j["tower"] == tower and j["bay"] == bay for j in core.jobs())
+
     def driver_gone(self, tower: str, bay: str) -> bool:
         flags = self.plant.status(tower, bay)["flags"]
         return flags["vehicle_present"] and not flags["person_present"]
@@ -222,7 +234,7 @@ class Rig:
 
         Returns the ticket the driver gets.
         """
-        await self.wait_until(lambda: self.bay_ready(tower, bay), timeout_s=timeout_s)
+        await self.wait_until(lambda: self.bay_free(tower, bay), timeout_s=timeout_s)
         self._sim.sync()
         self.plant.car_arrives(tower, bay, car)
         # Like a bay terminal, ask once the controller has seen the car (its next

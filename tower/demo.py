@@ -143,7 +143,15 @@ class Visitors:
     async def _visit(self, ticket: str, car: Car, visit_s: float) -> None:
         await self.rig.sleep_sim(visit_s)
         asked = self.rig.now()
-        result = await self.rig.ctl("retrieve", ticket=ticket)
+        while True:
+            try:
+                result = await self.rig.ctl("retrieve", ticket=ticket)
+                break
+            except ControlError as err:
+                # The car's store may still be running: ask again a bit later.
+                if err.code != "ticket_in_use":
+                    raise
+                await self.rig.sleep_sim(30)
         tower = result["tower"]
         await self.rig.wait_until(
             lambda: self.rig.released_bay(tower, car.id) is not None, timeout_s=7200
