@@ -64,6 +64,26 @@ def _profile_check(args: argparse.Namespace) -> int:
     return check_main(args.files)
 
 
+def _console(args: argparse.Namespace) -> int:
+    import os
+
+    from tower.console.ctl import DEFAULT_SOCKET, UsageError, read_token_file
+    from tower.console.tui import Console
+
+    socket_path = args.socket or os.environ.get("TOWER_SOCKET") or DEFAULT_SOCKET
+    try:
+        path = args.token_file or os.environ.get("TOWER_TOKEN_FILE")
+        token = read_token_file(path)[0] if path else os.environ.get("TOWER_TOKEN")
+    except UsageError as err:
+        print(f"tower console: {err}", file=sys.stderr)
+        return 2
+    if not token:
+        print("tower console: no token: give --token-file or set TOWER_TOKEN")
+        return 2
+    Console(socket_path, token).run()
+    return 0
+
+
 def _ctl(argv: list[str]) -> int:
     from tower.console.ctl import main
 
@@ -108,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = profile_sub.add_parser("check", help="validate profile files")
     check.add_argument("files", nargs="+", help="profile files (TOML)")
     check.set_defaults(func=_profile_check)
+
+    console = sub.add_parser("console", help="the operator console (TUI)")
+    console.add_argument("--socket", help="control socket (default: $TOWER_SOCKET)")
+    console.add_argument("--token-file", help="file holding the operator token")
+    console.set_defaults(func=_console)
 
     sub.add_parser("ctl", help="operator command (see: tower ctl --help)")
     return parser
