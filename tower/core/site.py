@@ -709,6 +709,8 @@ class SiteCore:
         car = self.inventory.cars.get(job.ticket)
         if car is not None and car.place in t.links and car.place not in t.bays:
             # A cancelled held job left its car on a device: keep others off it.
+            # TODO: an operator command to clear it (after moving the car by
+            # hand in manual); until then the device stays out of use.
             t.stranded.add(car.place)
             message = f"car {car.ticket} left on {car.place} by job {job.id}"
             self._alarm(t, car.place, "car_stranded", message)
@@ -816,6 +818,8 @@ class SiteCore:
             if t is None:
                 continue
             job = self._new_job(t, rjob.job_id, rjob.kind, rjob.ticket)
+            # TODO: resume a job whose last intent the PLC status proves done
+            # (seq_done == intent seq); needed for issue 4's recovery.
             job.machine.to_fault()  # held: nothing here proves what happened
             car = self.inventory.cars.get(rjob.ticket)
             place = car.place if car else "the bay (not yet measured)"
