@@ -228,6 +228,7 @@ class Controller:
                     heartbeat_s=poll.heartbeat_ms / 1000,
                     on_status=self._on_status,
                     on_offline=self._on_offline,
+                    on_fault=self._on_fault,
                 )
 
     # -- events ------------------------------------------------------------
@@ -237,6 +238,11 @@ class Controller:
 
     def _on_offline(self, tower: str, device: str, reason: str) -> None:
         self._events.put_nowait(ev.DeviceOffline(tower, device, reason))
+
+    def _on_fault(self, tower: str, device: str, error: DeviceError) -> None:
+        """Bad data from a PLC: the core treats the device as offline (degraded,
+        alarm raised, nothing decided from it) until a good status comes."""
+        self._events.put_nowait(ev.DeviceOffline(tower, device, f"bad data: {error}"))
 
     async def _core_loop(self) -> None:
         while True:
