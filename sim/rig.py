@@ -142,6 +142,7 @@ class Rig:
             journal_path=self.journal_path,
             socket_path=self.socket_path,
             tokens_path=self.workdir / "tokens",
+            handle_signals=False,
         )
         self._controller_task = asyncio.create_task(
             run_controller(self.controller), name="rig.controller"
@@ -223,6 +224,12 @@ class Rig:
             return False  # the controller has not yet seen the last car leave
         return not any(j["tower"] == tower and j["bay"] == bay for j in core.jobs())
 
+    def _controller_sees_car(self, tower: str, bay: str) -> bool:
+        core = self.controller.core if self.controller else None
+        if core is None:
+            return False
+        return core.towers[tower].links[bay].flag("vehicle_present")
+
     def driver_gone(self, tower: str, bay: str) -> bool:
         flags = self.plant.status(tower, bay)["flags"]
         return flags["vehicle_present"] and not flags["person_present"]
@@ -238,7 +245,10 @@ class Rig:
         self._sim.sync()
         self.plant.car_arrives(tower, bay, car)
         # Like a bay terminal, ask once the controller has seen the car (its next
-        # poll of the bay) and has finished with the car before (its release).
+        # poll of the bay).
+        await self.wait_until(
+            lambda: self._controller_sees_car(tower, bay), timeout_s=5
+        )
         deadline = time.monotonic() + 5.0
         while True:
             try:

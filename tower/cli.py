@@ -46,6 +46,11 @@ def _sim(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from tower.demo import run_demo
 
+    if not args.no_live and sys.stdout.isatty() and args.log_level == "info":
+        # The live view owns the terminal; only warnings (a fallback broker,
+        # an alarm) are worth printing over it.
+        logs.configure("warning", json=args.log_json)
+
     return asyncio.run(
         run_demo(
             speed=args.speed,

@@ -227,7 +227,9 @@ class MqttConfig(_Model):
     password_file: str | None = Field(
         None, description="File holding the broker password (never the password)."
     )
-    client_id: str | None = Field(None, description="MQTT client id; default derived.")
+    client_id: str | None = Field(
+        None, description="MQTT client id; default tower-<site>-<pid>, unique."
+    )
 
 
 class ControlConfig(_Model):

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ class Visitors:
                 self._visit(ticket, car, visit_s), name=f"demo.visit[{car.id}]"
             )
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._visit_ended)
 
     async def _drive_off(self, tower: str, bay: str) -> None:
         """A refused car is driven away again once its bay is open."""
@@ -159,6 +160,11 @@ class Visitors:
         self.stats.waits_s.append(self.rig.now() - asked)
         self.stats.retrieved += 1
         await self.rig.collect(tower, self.rig.released_bay(tower, car.id) or "")
+
+    def _visit_ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("demo.visit_failed", error=str(task.exception()))
 
     def cancel(self) -> None:
         for task in self._tasks:
@@ -236,8 +242,32 @@ async def run_demo(
                 topic_prefix=rig.site.mqtt.topic_prefix,
                 socket=str(rig.socket_path),
             )
+            if live and sys.stdout.isatty():
+                print(
+                    f"tower demo: {len(rig.site.towers)} towers at x{speed:g}; feed on "
+                    f"{url} ({rig.site.mqtt.topic_prefix}/#); control socket "
+                    f"{rig.socket_path}; Ctrl-C stops with a summary"
+                )
             visitors = Visitors(rig, seed, stats)
-            tasks = [asyncio.create_task(visitors.run(), name="demo.visitors")]
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            tasks = [
+                asyncio.create_task(visitors.run(), name="demo.visitors"),
+                asyncio.create_task(stop.wait(), name="demo.stop"),
+            ]
+            if hours is not None:
+                tasks.append(
+                    asyncio.create_task(
+                        rig.wait_until(
+                            lambda: rig.now() >= hours * 3600,
+                            timeout_s=hours * 3600 / speed + 60,
+                            step_s=0.2,
+                        ),
+                        name="demo.hours",
+                    )
+                )
             if live:
                 tasks.append(
                     asyncio.create_task(
@@ -246,15 +276,12 @@ async def run_demo(
                     )
                 )
             try:
-                if hours is None:
-                    await asyncio.gather(*tasks)
-                else:
-                    await rig.wait_until(
-                        lambda: rig.now() >= hours * 3600,
-                        timeout_s=hours * 3600 / speed + 60,
-                        step_s=0.2,
-                    )
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a visitor or the controller failing ends here
             finally:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(signum)
                 for task in tasks:
                     task.cancel()
                 visitors.cancel()

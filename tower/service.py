@@ -96,6 +96,7 @@ class Controller:
         mqtt_password: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         notifier: Notifier | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.site = site
         self.mqtt_url = mqtt_url
@@ -105,6 +106,7 @@ class Controller:
         self._mqtt_password = mqtt_password
         self._clock = clock
         self._notifier = notifier or Notifier()
+        self._handle_signals = handle_signals
         self._lock = asyncio.Lock()
         self._events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -134,7 +136,8 @@ class Controller:
                 self.mqtt_url,
                 self.site.mqtt.topic_prefix,
                 self.site.id,
-                client_id=self.site.mqtt.client_id or f"tower-{self.site.id}",
+                client_id=self.site.mqtt.client_id
+                or f"tower-{self.site.id}-{os.getpid()}",
                 username=self.site.mqtt.username,
                 password=self._mqtt_password,
             )
@@ -156,7 +159,8 @@ class Controller:
 
     async def _run_tasks(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if self._handle_signals else ()
+        for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stop)
         try:
@@ -183,7 +187,7 @@ class Controller:
                     mqtt=self.mqtt_url,
                 )
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(signum)
 
