@@ -75,7 +75,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from tower.config import Side, SiteConfig, SizeClass, TowerConfig
+from tower.config import SiteConfig, SizeClass, TowerConfig
+from tower.core.model import build_slots
 from tower.errors import TowerError
 from tower.tomlsource import TomlSource
 
@@ -768,26 +769,10 @@ class _Sampler:
 
 
 def _slot_counts(tower: TowerConfig) -> tuple[int, int]:
-    """Slots in service and tall slots of a tower, zones applied in order (the
-    rules of `tower.config.Zone`)."""
-    slots = tall = 0
-    for level in range(1, tower.levels + 1):
-        for column in range(1, tower.columns + 1):
-            for side in (Side.LEFT, Side.RIGHT):
-                size, disabled = SizeClass.STANDARD, False
-                for zone in tower.zones:
-                    if zone.levels is not None and level not in zone.levels:
-                        continue
-                    if zone.columns is not None and column not in zone.columns:
-                        continue
-                    if zone.sides is not None and side not in zone.sides:
-                        continue
-                    size = zone.size if zone.size is not None else size
-                    disabled = zone.disabled if zone.disabled is not None else disabled
-                if not disabled:
-                    slots += 1
-                    tall += size is SizeClass.TALL
-    return slots, tall
+    """Slots in service and tall slots of a tower, zones applied as the core
+    applies them."""
+    slots = [slot for slot in build_slots(tower) if not slot.disabled]
+    return len(slots), sum(slot.size is SizeClass.TALL for slot in slots)
 
 
 def _capacities(site: SiteConfig, target: float) -> tuple[TowerCapacity, ...]:
