@@ -25,11 +25,11 @@ def restart(h: Harness, journal: Journal) -> tuple[SiteCore, list]:
     return core, actions
 
 
-def test_restart_restores_parked_cars_and_holds_the_interrupted_job(tmp_path):
+def test_restart_restores_parked_cars_and_resumes_the_interrupted_job(tmp_path):
     """Two cars parked and a third stopped on its way by a crash: after the
-    restart the parked cars are where the sensors see them (no alarm), the
-    third car's place is named in an alarm and its job is held; sequence
-    numbers continue from the journal."""
+    restart the parked cars are where the sensors see them, the third car's
+    job is rebuilt from the journal and resumes (the PLC statuses prove its
+    steps), with no alarm; sequence numbers continue from the journal."""
     with Journal.open(tmp_path / "journal.db") as journal:
         h = Harness(small_site(levels=2, columns=2), journal=journal)
         parked = [h.arrive(TOWER, "bay-1", Car(f"c{i}")) for i in range(2)]
@@ -44,8 +44,8 @@ def test_restart_restores_parked_cars_and_holds_the_interrupted_job(tmp_path):
     codes = sorted((a.device, a.code) for a in actions if isinstance(a, Alarm))
     (job,) = core.jobs()
     assert place in ("shuttle-0", "lift", "shuttle-1", "shuttle-2")
-    assert codes == [(job["job_id"], "job_open"), (place, "car_in_transit")]
-    assert job["state"] == "held"
+    assert codes == []
+    assert job["state"] == "running"
     for ticket in parked:
         assert core.ticket(ticket)["place"] == h.plant.where(h.car_of[ticket])
     assert core.ticket(moving)["place"] == place

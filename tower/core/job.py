@@ -24,6 +24,12 @@ Rules that always hold:
 - a step fault, or anything the core cannot prove after a restart, puts the job
   in `held`: it keeps its devices and waits for an operator (`CancelJob`);
   nothing is retried blindly;
+- a step goes back to `pending` only on proof from the PLC's own status: a
+  command restored from the journal that the PLC never latched (`unsent`: it
+  goes again under its journaled sequence, which the PLC runs at most once),
+  or one the PLC stopped because the controller's heartbeat stopped while the
+  sensors show the car where the journal has it (`retry`: it goes again under
+  a new sequence, at most `MAX_RETRIES` times);
 - an operator may cancel a job only before its car moves: in `requested` and
   `waiting_path` (a measured car is handed back through `cancelling`), or in
   `held`;
@@ -125,7 +131,12 @@ class StepEvent(str, Enum):
     ACCEPT = "accept"  # seq_accepted shows its sequence.
     DONE = "done"  # seq_done shows its sequence with result done.
     FAULT = "fault"  # seq_done shows its sequence with result fault.
+    UNSENT = "unsent"  # After a restart: the PLC shows it never latched the command.
+    RETRY = "retry"  # Stopped by the PLC for a lost heartbeat; the car is proved.
 
+
+MAX_RETRIES = 3
+"""How often one step may go again after a lost-heartbeat stop."""
 
 S2, E2 = StepState, StepEvent
 STEP_TABLE: dict[tuple[StepState, StepEvent], StepState] = {
@@ -136,6 +147,8 @@ STEP_TABLE: dict[tuple[StepState, StepEvent], StepState] = {
     (S2.SENT, E2.FAULT): S2.FAULT,
     (S2.ACCEPTED, E2.DONE): S2.DONE,
     (S2.ACCEPTED, E2.FAULT): S2.FAULT,
+    (S2.SENT, E2.UNSENT): S2.PENDING,
+    (S2.FAULT, E2.RETRY): S2.PENDING,
 }
 """(state, event) -> next state of a step."""
 
@@ -149,7 +162,9 @@ class Step:
     `after` lists the positions (in the job's steps) that must be done first;
     `partners` the devices the command involves besides its own (the lift in a
     transfer with it, the bay in a pick from it); `car_to` the car's place once
-    it is done, for transfers.
+    it is done, for transfers. `resend` marks a step restored from the
+    journal whose command the PLC never latched: it goes again under `seq`,
+    with no new intent. `retries` counts its lost-heartbeat retries.
     """
 
     index: int
@@ -163,6 +178,8 @@ class Step:
     machine: Machine[StepState, StepEvent]
     seq: int = 0
     fault_code: str = ""
+    resend: bool = False
+    retries: int = 0
 
     @property
     def state(self) -> StepState:
@@ -198,6 +215,7 @@ class Job:
     reason: str = ""
     finished_at: float | None = None
     plans: dict[str, list[Any]] = field(default_factory=dict)  # bay -> plan, cached
+    restored: bool = False  # rebuilt from the journal at start
 
     @property
     def state(self) -> JobState:

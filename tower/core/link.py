@@ -19,6 +19,19 @@ than the heartbeat timeout, and online again when a status shows the
 heartbeat moving. Deadlines (acceptance, completion, heartbeat) are reported
 through `deadline()`; the core acts on them at a `Tick`. A link never resends
 a command by itself.
+
+A PLC's sequence points change only when it latches or ends one of our
+commands. So the link can tell when the PLC's numbering is no longer ours:
+
+- at start, `sequence_problem()` compares what the PLC shows with the last
+  sequence the journal sent it: a PLC that shows no sequence at all (it
+  restarted and forgot), or one the journal never sent, is not trusted;
+- while running, `foreign_sequence()` compares each status with the one
+  before: `seq_accepted` or `seq_done` moving to a number the controller did
+  not send means the PLC restarted (or someone else commands it).
+
+Either way the core re-synchronises: it raises an alarm, treats the commands
+it had in flight on that PLC as unknown, and numbers on above both.
 """
 
 from __future__ import annotations
@@ -30,6 +43,55 @@ from typing import Any
 from tower.core.job import Step
 
 SEQ_MAX = 65535
+
+RESYNC_WINDOW = 1024
+"""How far behind the journal's last sequence a PLC's `seq_accepted` may be
+and still be trusted at start (commands never latched leave it behind)."""
+
+
+def seq_distance(start: int, end: int) -> int:
+    """Steps forward from `start` to `end` on the rolling sequence 1..65535."""
+    return (end - start) % SEQ_MAX
+
+
+def seq_ahead(a: int, b: int) -> int:
+    """The one of two sequences that is further along (the nearer way round)."""
+    if a == 0 or b == 0:
+        return a or b
+    return b if 0 < seq_distance(a, b) < SEQ_MAX // 2 else a
+
+
+def sequence_problem(
+    points: dict[str, Any] | None, last_seq: int, *, latched_before: bool
+) -> str | None:
+    """Why a PLC's sequence points cannot be trusted at start, or None.
+
+    `last_seq` is the last sequence the journal sent the device (0: none);
+    `latched_before` says whether the journal knows the PLC latched one of
+    them (a journaled result, or a sequence past the first: the core numbers
+    a new command only after the one before was judged). Trusted: the PLC
+    shows `last_seq`, or a sequence at most `RESYNC_WINDOW` behind it (the
+    last ones were never latched), or nothing at all if it never latched
+    anything. Not trusted: it shows nothing though it latched before (it
+    restarted), or a sequence the journal never sent.
+    """
+    if last_seq == 0 or points is None:
+        return None
+    accepted = points.get("seq_accepted") or 0
+    done = points.get("seq_done") or 0
+    if accepted == 0 and done == 0:
+        if not latched_before:
+            return None
+        return (
+            f"shows no sequence; the journal sent up to {last_seq}: the PLC restarted"
+        )
+    for name, shown in (("seq_accepted", accepted), ("seq_done", done)):
+        if shown and seq_distance(shown, last_seq) >= RESYNC_WINDOW:
+            return (
+                f"shows {name} {shown}; the journal sent up to {last_seq}: "
+                "its numbering is not ours"
+            )
+    return None
 
 
 class Verdict(str, Enum):
@@ -142,6 +204,32 @@ class DeviceLink:
             if seq not in shown:
                 self.seq = seq
                 return seq
+
+    def foreign_sequence(self, points: dict[str, Any]) -> str | None:
+        """Why a new status shows a numbering that is not ours, or None.
+
+        Between two statuses `seq_accepted` and `seq_done` only ever move to
+        a sequence this link sent (the last one, or the one in flight).
+        """
+        old = self.status
+        if old is None:
+            return None
+        ours = {self.seq}
+        if self.inflight is not None:
+            ours.add(self.inflight.seq)
+        for name in ("seq_accepted", "seq_done"):
+            before, shown = old.get(name), points.get(name)
+            if shown != before and shown not in ours:
+                return (
+                    f"{name} went from {before} to {shown}; the controller "
+                    f"last sent {self.seq}: the PLC restarted"
+                )
+        return None
+
+    def resync(self, points: dict[str, Any]) -> None:
+        """Number on above both the journal's sequence and what the PLC shows."""
+        for name in ("seq_accepted", "seq_done"):
+            self.seq = seq_ahead(self.seq, points.get(name) or 0)
 
     def observe(self, points: dict[str, Any], now: float) -> Verdict:
         """Take a status: update liveness and judge the command in flight."""

@@ -3,19 +3,27 @@
 `RestoredState` is the journal's last word: the cars and their places, the
 open jobs with their step intents and results, the last sequence number sent
 to each device and the blocked slots. The core trusts none of it blindly. In
-`starting`, once every device of a tower has reported, `reconcile()` compares
-it with what the PLCs say:
+`starting`, once every device of a tower has reported, the core first settles
+the commands the journal left in flight from each PLC's own status (see
+`tower.core.site`, "Recovery"), then `reconcile()` compares the inventory
+with what the sensors say:
 
 - each slot sensor against the inventory: where they agree, fine; where they
   disagree, the slot is blocked and an alarm raised (the inventory is never
   overwritten from a sensor);
 - each lift and shuttle `loaded` flag against the cars the inventory puts on
   that device;
-- every car in a transit place (lift, shuttle, bay) and every open job raise
-  an alarm naming the car's place; such jobs are `held` for an operator.
+- each car the inventory puts in a bay against the bay's `vehicle_present`
+  (the core decides: a car whose job is over may have left with its driver);
+- every car in a transit place (lift, shuttle, bay) is reported; the core
+  raises an alarm for the ones no resumed job accounts for.
 
-Only then does the tower go to `auto`. Resuming a job whose last step can be
-proved from the PLC's status is issue 4; this module is its seam.
+Only then does the tower go to `auto`. A job that touches a place with a
+disagreement is held for an operator, with an alarm naming its ticket.
+
+`RestoredState.from_journal` reads `Journal.restored_state()`;
+`RestoredState.from_records` replays journal records the way the journal
+applies them, for tests that crash a core without a file.
 """
 
 from __future__ import annotations
@@ -28,7 +36,20 @@ from tower.config import SizeClass
 from tower.core.inventory import Inventory, TowerSlots
 from tower.core.link import DeviceLink
 from tower.core.model import SlotId
-from tower.core.records import JobKind, StepIntent, StepResult
+from tower.core.records import (
+    CarMoved,
+    JobCreated,
+    JobDestination,
+    JobFinished,
+    JobKind,
+    Record,
+    SlotBlocked,
+    SlotUnblocked,
+    StepIntent,
+    StepResult,
+    TicketClosed,
+    TicketIssued,
+)
 
 
 @dataclass(frozen=True)
@@ -102,19 +123,73 @@ class RestoredState:
             blocked=dict(state.get("blocked", {})),
         )
 
+    @classmethod
+    def from_records(cls, records: Iterable[Record]) -> RestoredState:
+        """Replay journal records in order, as `Journal.write` applies them."""
+        sizes: dict[str, SizeClass] = {}
+        cars: dict[str, tuple[str, str, SizeClass]] = {}
+        jobs: dict[str, dict[str, Any]] = {}
+        last_seq: dict[tuple[str, str], int] = {}
+        blocked: dict[tuple[str, str], str] = {}
+        for r in records:
+            if isinstance(r, TicketIssued):
+                sizes[r.ticket] = SizeClass(r.size_class)
+            elif isinstance(r, CarMoved):
+                cars[r.ticket] = (r.tower, r.place, sizes[r.ticket])
+            elif isinstance(r, TicketClosed):
+                cars.pop(r.ticket, None)
+            elif isinstance(r, JobCreated):
+                jobs[r.job_id] = {
+                    "job": r, "destination": r.destination, "intents": [],
+                    "results": [],
+                }  # fmt: skip
+            elif isinstance(r, JobDestination):
+                jobs[r.job_id]["destination"] = r.destination
+            elif isinstance(r, StepIntent):
+                jobs[r.job_id]["intents"].append(r)
+                last_seq[r.tower, r.device] = r.seq
+            elif isinstance(r, StepResult):
+                jobs[r.job_id]["results"].append(r)
+            elif isinstance(r, JobFinished):
+                del jobs[r.job_id]
+            elif isinstance(r, SlotBlocked):
+                blocked[r.tower, r.slot] = r.reason
+            elif isinstance(r, SlotUnblocked):
+                blocked.pop((r.tower, r.slot), None)
+        restored = []
+        for entry in jobs.values():
+            created: JobCreated = entry["job"]
+            restored.append(
+                RestoredJob(
+                    job_id=created.job_id,
+                    tower=created.tower,
+                    kind=JobKind(created.kind),
+                    ticket=created.ticket,
+                    origin=created.origin,
+                    destination=entry["destination"],
+                    intents=tuple(entry["intents"]),
+                    results=tuple(entry["results"]),
+                )
+            )
+        return cls(cars=cars, jobs=tuple(restored), last_seq=last_seq, blocked=blocked)
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One disagreement found by `reconcile()`.
 
     `code` is the alarm code: `slot_sensor_mismatch` (the slot gets blocked),
-    `load_mismatch`, `car_in_transit`.
+    `load_mismatch` (a lift or shuttle), `bay_mismatch` (a car the journal
+    puts in a bay that shows none), `car_in_transit`. `device` names the place
+    (the shuttle reading the slot sensor, for a slot); `ticket` the car the
+    journal has there, if any.
     """
 
     code: str
     device: str
     message: str
     slot: SlotId | None = None
+    ticket: str | None = None
 
 
 def reconcile(
@@ -145,7 +220,9 @@ def reconcile(
             why = f"journal has {ticket} in {slot.name}, the sensor sees none"
         else:
             continue
-        findings.append(Finding("slot_sensor_mismatch", link.name, why, slot.id))
+        findings.append(
+            Finding("slot_sensor_mismatch", link.name, why, slot.id, ticket)
+        )
 
     for place in transit_places:
         ticket = inventory.at(slots.tower, place)
@@ -156,8 +233,13 @@ def reconcile(
                 holds = f"holds {ticket}" if ticket else "holds no car"
                 loads = "loaded" if loaded else "empty"
                 why = f"{place} reports {loads}, the journal says it {holds}"
-                findings.append(Finding("load_mismatch", place, why))
+                findings.append(Finding("load_mismatch", place, why, None, ticket))
+        elif (
+            link is not None and ticket is not None and not link.flag("vehicle_present")
+        ):
+            why = f"journal has {ticket} in {place}, the bay sees no car"
+            findings.append(Finding("bay_mismatch", place, why, None, ticket))
         if ticket is not None:
             why = f"car {ticket} is at {place}, not in a slot"
-            findings.append(Finding("car_in_transit", place, why))
+            findings.append(Finding("car_in_transit", place, why, None, ticket))
     return findings

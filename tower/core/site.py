@@ -27,6 +27,47 @@ Rules that always hold:
 - a domain error (`IllegalTransition`) never leaves `handle()`: the machine it
   came from is in its fault state, the tower is in `fault` and an alarm says
   why; the inventory is unchanged by the failed operation.
+
+Recovery
+--------
+A core built from a `RestoredState` rebuilds every open job from its journal
+records: its motion plan (the same plan functions, checked step by step
+against the journaled intents), the state of each step (done or faulted where
+the journal has the result, in flight where it has only the intent), the
+car's place (which must be where the done transfers put it), the devices the
+job holds and the slot it reserved. A job that cannot be rebuilt that way is
+held for an operator (`job_open` alarm naming its ticket).
+
+In `starting`, once every device of the tower has reported, each command left
+in flight is settled from the PLC's own status, never by sending it again
+blindly:
+
+- a PLC whose sequence points the journal cannot explain (it shows no
+  sequence, or one the journal never sent) restarted: `plc_resync` alarm, its
+  commands in flight are unknown, their jobs are held, and numbering goes on
+  above both;
+- `seq_done` shows the sequence with `done`: the step's effect is applied
+  (the car moved) and the plan goes on from the next step;
+- `seq_done` shows it with `fault`: as any fault (below);
+- `seq_accepted` shows it and the PLC is busy: the step waits for its end;
+- neither, the sequence is the last the journal sent the PLC and the PLC is
+  idle: the command never latched; it goes again under the same sequence
+  (the PLC ignores a sequence it has accepted, so it runs at most once) and
+  without a second intent;
+- anything else: unknown, the job is held.
+
+Then `reconcile()` compares the inventory with the slot sensors, the lift and
+shuttle `loaded` flags and the bays' `vehicle_present`; a job that touches a
+place where they disagree is held with an alarm naming the car's ticket.
+
+A step that ends in `heartbeat_lost` (the PLC stopped it because the
+controller went silent: after a crash, or while it was stalled) goes again
+under a new sequence once the device has been reset, if the sensors show the
+car where the journal has it and the step's devices loaded as the journal
+says, at most `MAX_RETRIES` times. Every other fault holds the job.
+
+Two exceptions to the first rule above: a command restored as never latched
+goes again with the intent already in the journal; a `reset` has no intent.
 """
 
 from __future__ import annotations
@@ -61,6 +102,7 @@ from tower.core.events import (
 )
 from tower.core.inventory import Inventory, TowerSlots
 from tower.core.job import (
+    MAX_RETRIES,
     OUTCOMES,
     TERMINAL,
     Job,
@@ -72,7 +114,7 @@ from tower.core.job import (
     job_machine,
     step_machine,
 )
-from tower.core.link import DeviceLink, Inflight, Verdict
+from tower.core.link import DeviceLink, Inflight, Verdict, sequence_problem
 from tower.core.machine import Machine
 from tower.core.model import SizeRules, SlotId, Travel, build_slots
 from tower.core.records import (
@@ -88,7 +130,7 @@ from tower.core.records import (
     TicketClosed,
     TicketIssued,
 )
-from tower.core.restore import RestoredState, reconcile
+from tower.core.restore import Finding, RestoredJob, RestoredState, reconcile
 from tower.core.safety import check_command
 from tower.core.sequencer import FcfsWholePath, Sequencer
 from tower.core.tower import MOTION_STATES, TowerEvent, TowerState, tower_machine
@@ -98,6 +140,16 @@ ACCEPT_TIMEOUT_S = 3.0
 
 HEARTBEAT_TIMEOUT_S = 3.0
 """How long a PLC's heartbeat may stand still before it counts as offline, s."""
+
+RESET_REPEAT_S = 1.0
+"""How often a reset is written again to a device that still shows its fault, s."""
+
+FAULT_HEARTBEAT_LOST = "heartbeat_lost"
+"""The fault code of a command the PLC stopped because our heartbeat stopped."""
+
+# Store job states in which the tower has no custody of the car yet (or no
+# more: a car refused after its check goes back to its driver).
+_NO_CUSTODY = frozenset({JobState.REQUESTED, JobState.CHECKING, JobState.RETURNING})
 
 # Job states in which a job's steps are sent.
 _STEPPING = frozenset(
@@ -217,6 +269,14 @@ class SiteCore:
         """Every domain error so far, oldest first (for tests and the console)."""
         self._ticket_jobs: dict[str, str] = {}  # ticket -> its open job
         self._restore_notes: dict[str, list[tuple[str, str, str]]] = {}
+        # tower -> steps restored in flight (or stopped for a lost heartbeat)
+        self._unresolved: dict[str, list[tuple[Job, Step]]] = {}
+        # (tower, device) -> why its sequence points are not trusted at start
+        self._untrusted: dict[tuple[str, str], str] = {}
+        # (tower, device) -> when a reset was last written for a retry
+        self._resets: dict[tuple[str, str], float] = {}
+        # (tower, device) the journal has a command result from
+        self._latched_before: set[tuple[str, str]] = set()
         self._out: list[Action] = []
         self._now = 0.0
         if restored is not None:
@@ -366,6 +426,8 @@ class SiteCore:
             if link.state in ("fault", "estop"):
                 self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
         self._clear(t, "", "domain_error")
+        for name in t.links:
+            self._clear(t, name, "plc_resync")
         self._tower_fire(t, TowerEvent.RESET)
         return [t]
 
@@ -374,6 +436,12 @@ class SiteCore:
     def _on_status(self, event: DeviceStatus) -> list[_Tower]:
         t = self._tower(event.tower)
         link = self._link(t, event.device)
+        foreign = link.foreign_sequence(event.points)
+        if foreign is not None:
+            try:
+                self._resync(t, link, event.points, foreign)
+            except IllegalTransition as err:
+                self._domain_error(t, err)
         was_online = link.online
         was = (link.healthy, link.estop)
         cmd = link.inflight
@@ -392,6 +460,7 @@ class SiteCore:
                     self._domain_error(t, err, job)
 
         self._device_alarms(t, link)
+        self._repeat_reset(t, link)
         if link.kind == "bay":
             self._on_bay(t, link)
         if (link.healthy, link.estop) != was or t.state is TowerState.STARTING:
@@ -479,6 +548,11 @@ class SiteCore:
                 )
             )  # fmt: skip
             job.reason = f"{step.describe()} faulted: {step.fault_code}"
+            if step.fault_code == FAULT_HEARTBEAT_LOST:
+                why = self._retry(t, job, step, link)
+                if why is None:
+                    return
+                job.reason += f", not retried: {why}"
             job.machine.fire(JobEvent.STEP_FAULT)
             self._alarm(t, job.id, "job_held", f"job {job.id}: {job.reason}")
             return
@@ -594,15 +668,20 @@ class SiteCore:
     def _send(self, t: _Tower, job: Job, step: Step) -> None:
         check_command(t.state, step, t.links, t.bay_at, self._car_at(t))
         link = t.links[step.device]
-        step.seq = link.next_seq()
+        # A restored command the PLC never latched goes again under its own
+        # sequence; its intent is in the journal already.
+        resend, step.resend = step.resend, False
+        if not resend:
+            step.seq = link.next_seq()
         step.machine.fire(StepEvent.SEND)
         link.inflight = Inflight(step.seq, job.id, step, self._now)
-        self._persist(
-            StepIntent(
-                job.id, step.index, t.id, step.device, step.code, step.target,
-                step.side, step.seq,
-            )
-        )  # fmt: skip
+        if not resend:
+            self._persist(
+                StepIntent(
+                    job.id, step.index, t.id, step.device, step.code, step.target,
+                    step.side, step.seq,
+                )
+            )  # fmt: skip
         self._out.append(self._command(t, job.id, step))
 
     def _command(self, t: _Tower, job_id: str, step: Step) -> SendCommand:
@@ -772,31 +851,300 @@ class SiteCore:
             self._alarm(t, link.name, "device_offline", f"{link.name}: {reason}")
 
     def _try_start(self, t: _Tower) -> None:
-        """In `starting`: once every device has reported, reconcile and go on."""
+        """In `starting`: once every device has reported, reconcile and go on.
+
+        At the first start, the commands the journal left in flight are
+        settled first (see "Recovery" in the module docstring).
+        """
         if not all(link.fresh for link in t.links.values()):
             return
-        places = [*t.links]
-        findings = reconcile(t.slots, self.inventory, t.links, places)
+        if t.first_start:
+            self._check_sequences(t)
+        stopped = any(link.estop for link in t.links.values())
+        pending = [] if stopped else self._settle_restored(t)
+
+        findings = reconcile(t.slots, self.inventory, t.links, [*t.links])
+        suspects: dict[str, str] = {}
         for finding in findings:
-            if finding.code == "car_in_transit" and not t.first_start:
-                continue  # cars of running jobs; reported once, at the first start
+            if finding.code == "car_in_transit":
+                continue
             subject = finding.device
+            if finding.code == "bay_mismatch" and (
+                finding.ticket not in self._ticket_jobs
+            ):
+                continue  # its job is over: the driver took it (the ticket closes)
             if finding.slot is not None:
                 subject = str(finding.slot)
                 t.slots.blocked[finding.slot] = finding.message
                 t.dirty = True
                 self._persist(SlotBlocked(t.id, subject, finding.message))
+            suspects[subject] = finding.message
             self._alarm(t, subject, finding.code, finding.message)
+        if not stopped:
+            self._resume_restored(t, pending, suspects)
+
         if t.first_start:
+            for finding in findings:
+                if finding.code == "car_in_transit" and self._unaccounted(t, finding):
+                    self._alarm(t, finding.device, finding.code, finding.message)
             for subject, code, message in self._restore_notes.pop(t.id, []):
                 self._alarm(t, subject, code, message)
         t.first_start = False
 
-        if any(link.estop for link in t.links.values()):
+        if stopped:
             self._health(t)
             return
         self._tower_fire(t, TowerEvent.RECONCILED)
         self._health(t)
+
+    def _unaccounted(self, t: _Tower, finding: Finding) -> bool:
+        """Whether a car found in a transit place is a question for a person."""
+        job_id = self._ticket_jobs.get(finding.ticket or "")
+        job = self.open_jobs.get(job_id) if job_id else None
+        if job is None:
+            # In a bay with its job over, a car waits for its driver.
+            return finding.device not in t.bays
+        return job.state is JobState.HELD
+
+    # -- recovery --------------------------------------------------------------
+
+    def _check_sequences(self, t: _Tower) -> None:
+        """At the first start: a PLC whose numbering the journal cannot explain."""
+        for link in t.links.values():
+            key = (t.id, link.name)
+            last = self.restored_seq.get(key, 0)
+            latched = last > 1 or key in self._latched_before
+            why = sequence_problem(link.status, last, latched_before=latched)
+            if why is None:
+                continue
+            self._untrusted[t.id, link.name] = why
+            link.resync(link.status or {})
+            message = f"{link.name} {why}; its commands in flight are unknown"
+            self._alarm(t, link.name, "plc_resync", message)
+
+    def _resync(
+        self, t: _Tower, link: DeviceLink, points: dict[str, Any], why: str
+    ) -> None:
+        """A PLC restarted under us: its command in flight is unknown."""
+        link.resync(points)
+        message = f"{link.name} {why}; its commands in flight are unknown"
+        self._alarm(t, link.name, "plc_resync", message)
+        cmd, link.inflight = link.inflight, None
+        job = self.open_jobs.get(cmd.job_id) if cmd is not None else None
+        if cmd is None or job is None:
+            return
+        step = cmd.step
+        step.machine.fire(StepEvent.FAULT)
+        step.fault_code = "plc_resync"
+        self._persist(
+            StepResult(
+                job.id, step.index, t.id, step.device, step.seq, "fault",
+                step.fault_code,
+            )
+        )  # fmt: skip
+        job.reason = (
+            f"{step.describe()} (seq {cmd.seq}) unknown: {link.name} restarted; "
+            f"car {job.ticket} at {self._place_of(job)}"
+        )
+        job.machine.fire(JobEvent.STEP_FAULT)
+        self._alarm(t, job.id, "job_held", f"job {job.id}: {job.reason}")
+
+    def _settle_restored(self, t: _Tower) -> list[tuple[Job, Step, str, str]]:
+        """Apply every restored step the PLC shows done; the others, judged.
+
+        Returns (job, step, verdict, why) for the steps not done: verdict is
+        `accepted`, `unsent`, `fault`, `retry` or `unknown`.
+        """
+        pending = []
+        for job, step in self._unresolved.pop(t.id, []):
+            if self.open_jobs.get(job.id) is not job or job.state is JobState.HELD:
+                continue
+            link = t.links[step.device]
+            verdict, why = self._restored_verdict(t, link, step)
+            if verdict != "done":
+                pending.append((job, step, verdict, why))
+                continue
+            cmd = Inflight(step.seq, job.id, step, self._now)
+            link.inflight = cmd
+            try:
+                self._judge(t, job, link, cmd, Verdict.DONE)
+            except IllegalTransition as err:
+                self._domain_error(t, err, job)
+        for key in [k for k in self._untrusted if k[0] == t.id]:
+            del self._untrusted[key]
+        return pending
+
+    def _restored_verdict(
+        self, t: _Tower, link: DeviceLink, step: Step
+    ) -> tuple[str, str]:
+        """What a PLC's status at start says about a restored step, and why."""
+        untrusted = self._untrusted.get((t.id, link.name))
+        if untrusted is not None:
+            return "unknown", f"{link.name} {untrusted}"
+        points = link.status or {}
+        last = self.restored_seq.get((t.id, link.name), 0)
+        later = f"{link.name} was sent seq {last} after it"
+        if step.state is StepState.FAULT:  # journaled as a lost-heartbeat stop
+            return ("retry", "") if step.seq == last else ("unknown", later)
+        if points.get("seq_done") == step.seq:
+            result = points.get("result")
+            if result in ("done", "fault"):
+                return result, ""
+        if points.get("seq_accepted") == step.seq:
+            if link.state == "busy":
+                return "accepted", ""
+            return "unknown", f"{link.name} accepted it but is {link.state}"
+        if step.seq != last:
+            return "unknown", later
+        if link.state == "idle":
+            return "unsent", ""
+        return "unknown", f"{link.name} is {link.state} and never latched it"
+
+    def _resume_restored(
+        self,
+        t: _Tower,
+        pending: list[tuple[Job, Step, str, str]],
+        suspects: dict[str, str],
+    ) -> None:
+        """Hold the restored jobs the sensors contradict; resume the rest."""
+        for job in list(t.jobs):
+            if job.restored and job.state is not JobState.HELD:
+                hit = self._touches(job, suspects)
+                if hit is not None:
+                    self._hold_at_start(t, job, hit)
+        for job, step, verdict, why in pending:
+            if self.open_jobs.get(job.id) is not job:
+                continue
+            link = t.links[step.device]
+            if verdict == "accepted":
+                # Even a held job's running command is judged when it ends.
+                step.machine.fire(StepEvent.ACCEPT)
+                link.inflight = Inflight(
+                    step.seq, job.id, step, self._now, accepted_at=self._now
+                )
+                continue
+            if job.state is JobState.HELD:
+                continue
+            try:
+                self._resume_step(t, job, step, link, verdict, why)
+            except IllegalTransition as err:
+                self._domain_error(t, err, job)
+
+    def _resume_step(
+        self,
+        t: _Tower,
+        job: Job,
+        step: Step,
+        link: DeviceLink,
+        verdict: str,
+        why: str,
+    ) -> None:
+        if verdict == "unsent":
+            step.machine.fire(StepEvent.UNSENT)
+            step.resend = True
+        elif verdict == "fault":
+            cmd = Inflight(step.seq, job.id, step, self._now)
+            link.inflight = cmd
+            self._judge(t, job, link, cmd, Verdict.FAULT)
+        elif verdict == "retry":
+            not_retried = self._retry(t, job, step, link)
+            if not_retried is not None:
+                what = f"{step.describe()} stopped ({step.fault_code})"
+                self._hold_at_start(t, job, f"{what}, not retried: {not_retried}")
+        else:
+            self._hold_at_start(t, job, f"{step.describe()} (seq {step.seq}): {why}")
+
+    def _retry(self, t: _Tower, job: Job, step: Step, link: DeviceLink) -> str | None:
+        """Send a step stopped for a lost heartbeat again, if the sensors prove
+        where the car is; None when it goes again, else why not."""
+        if job.state not in _STEPPING:
+            return f"the job is {job.state.value}"
+        if step.retries >= MAX_RETRIES:
+            return f"stopped {step.retries + 1} times"
+        why = self._disproof(t, job, step)
+        if why is not None:
+            return why
+        step.retries += 1
+        step.machine.fire(StepEvent.RETRY)
+        key = (t.id, link.name)
+        self._resets[key] = self._now
+        if link.state == "fault":
+            self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
+        return None
+
+    def _repeat_reset(self, t: _Tower, link: DeviceLink) -> None:
+        """A device reset for a retry: write the reset again while it faults."""
+        key = (t.id, link.name)
+        since = self._resets.get(key)
+        if since is None:
+            return
+        if link.state != "fault":
+            del self._resets[key]
+        elif self._now - since >= RESET_REPEAT_S:
+            self._resets[key] = self._now
+            self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
+
+    def _disproof(self, t: _Tower, job: Job, step: Step) -> str | None:
+        """What the sensors say against the journal about a stopped step's
+        car and devices, or None when they agree."""
+        car = self.inventory.cars.get(job.ticket)
+        place = car.place if car is not None else job.bay
+        if place is None:
+            return f"the place of car {job.ticket} is unknown"
+        if not self._sensed(t, place):
+            return f"the journal has car {job.ticket} at {place}, it shows none"
+        to = step.car_to
+        if to is not None and to != place and self._sensed(t, to):
+            return f"{to} shows a car, the journal has none there"
+        for device in step.devices:
+            link = t.links[device]
+            if link.kind == "bay":
+                continue
+            held = self.inventory.at(t.id, device)
+            if link.flag("loaded") != (held is not None):
+                holds = f"holds {held}" if held else "holds no car"
+                return f"{device} loaded={link.flag('loaded')}, the journal {holds}"
+        return None
+
+    def _sensed(self, t: _Tower, place: str) -> bool:
+        """Whether the sensor of a place (slot, bay or device) shows a car."""
+        slot = t.slots.by_name.get(place)
+        if slot is not None:
+            link = t.links[f"shuttle-{slot.id.level}"]
+            sensors = (link.status or {}).get("slot_sensors") or []
+            bit = slot.sensor_bit()
+            return bit < len(sensors) and bool(sensors[bit])
+        link = t.links[place]
+        return link.flag("vehicle_present" if link.kind == "bay" else "loaded")
+
+    def _touches(self, job: Job, suspects: dict[str, str]) -> str | None:
+        """The first place with a disagreement that a job involves, and why."""
+        places = set(job.holds)
+        car = self.inventory.cars.get(job.ticket)
+        if car is not None:
+            places.add(car.place)
+        if job.slot is not None:
+            places.add(str(job.slot))
+        if job.bay is not None:
+            places.add(job.bay)
+        for place in sorted(places):
+            if place in suspects:
+                return f"{place}: {suspects[place]}"
+        return None
+
+    def _place_of(self, job: Job) -> str:
+        car = self.inventory.cars.get(job.ticket)
+        if car is not None:
+            return car.place
+        return f"{job.bay} (not in custody)" if job.bay else "an unknown place"
+
+    def _hold_at_start(self, t: _Tower, job: Job, why: str) -> None:
+        """Hold a restored job the start could not prove, with an alarm."""
+        job.machine.to_fault()
+        job.reason = f"open at restart; car {job.ticket} at {self._place_of(job)}"
+        job.reason += f": {why}"
+        message = f"job {job.id} ({job.kind.value}) {job.reason}; held"
+        self._alarm(t, job.id, "job_open", message)
 
     # -- restore ---------------------------------------------------------------
 
@@ -814,26 +1162,15 @@ class SiteCore:
                 note = (place, "car_conflict", f"car {ticket} not restored: {err}")
                 notes.setdefault(tower_id, []).append(note)
         for rjob in restored.jobs:
+            self._latched_before |= {(r.tower, r.device) for r in rjob.results}
             t = self.towers.get(rjob.tower)
             if t is None:
                 continue
             job = self._new_job(t, rjob.job_id, rjob.kind, rjob.ticket)
-            # TODO: resume a job whose last intent the PLC status proves done
-            # (seq_done == intent seq); needed for issue 4's recovery.
-            job.machine.to_fault()  # held: nothing here proves what happened
-            car = self.inventory.cars.get(rjob.ticket)
-            place = car.place if car else "the bay (not yet measured)"
-            job.reason = f"open at restart; car {rjob.ticket} at {place}"
-            for end in (rjob.origin, rjob.destination):
-                if end in t.bays:
-                    job.bay = end
-                    self._hold(t, job, end)
-                elif end in t.slots.by_name:
-                    job.slot = t.slots.by_name[end].id
-            if car is not None and car.place in t.links:
-                self._hold(t, job, car.place)
-            message = f"job {job.id} ({job.kind.value}) {job.reason}; held"
-            notes.setdefault(t.id, []).append((job.id, "job_open", message))
+            job.restored = True
+            why = self._rebuild(t, job, rjob)
+            if why is not None:
+                self._hold_restored(t, job, rjob, why)
         for car in self.inventory.cars.values():
             t = self.towers.get(car.tower)
             if t is None:
@@ -841,6 +1178,161 @@ class SiteCore:
             on_device = car.place in t.links and car.place not in t.bays
             if on_device and car.ticket not in self._ticket_jobs:
                 t.stranded.add(car.place)
+
+    def _rebuild(self, t: _Tower, job: Job, rjob: RestoredJob) -> str | None:
+        """Rebuild an open job from its journal records; why not, or None."""
+        intents = {intent.step: intent for intent in rjob.intents}  # last counts
+        outcome = {(r.step, r.seq): r for r in rjob.results}
+        made = self._restored_plan(t, job, rjob, intents, outcome)
+        if isinstance(made, str):
+            return made
+        segments, state = made
+        for segment in segments:
+            self._add_steps(job, segment)
+        if max(intents, default=-1) >= len(job.steps):
+            return f"the journal has step {max(intents)}, the plan has not"
+
+        for index, intent in sorted(intents.items()):
+            step = job.steps[index]
+            sent = (intent.device, intent.code, intent.target, intent.side)
+            if sent != (step.device, step.code, step.target, step.side):
+                what = f"{intent.device} {intent.code} {intent.target} {intent.side}"
+                return f"step {index} was {what}, the plan has {step.describe()}"
+            step.seq = intent.seq
+            step.machine.fire(StepEvent.SEND)
+            result = outcome.get((index, intent.seq))
+            if result is None:
+                continue
+            if result.outcome == "done":
+                step.machine.fire(StepEvent.DONE)
+                continue
+            step.machine.fire(StepEvent.FAULT)
+            step.fault_code = result.fault_code
+            if result.fault_code != FAULT_HEARTBEAT_LOST:
+                return f"{step.describe()} faulted: {result.fault_code}"
+
+        car = self.inventory.cars.get(job.ticket)
+        job.size = car.size if car is not None else None
+        if job.kind is JobKind.STORE and state in _NO_CUSTODY:
+            if car is not None:
+                return f"the car is at {car.place} before its bay check ended"
+        else:
+            place = job.bay if job.kind is JobKind.STORE else str(job.slot)
+            for step in job.steps:
+                if step.state is StepState.DONE and step.car_to is not None:
+                    place = step.car_to
+            if car is None:
+                return "the car is not in the journal's inventory"
+            if car.place != place:
+                return f"the car is at {car.place}, its done steps put it at {place}"
+
+        job.machine = job_machine(job.id, state)
+        # What the job holds now: a running plan, every device a step not yet
+        # done involves (the others were released); before it, its bay.
+        devices = set()
+        if state in _RELEASING:
+            for step in job.steps:
+                if step.state is not StepState.DONE:
+                    devices.update(step.devices)
+        elif job.bay is not None and (
+            job.kind is JobKind.STORE or job.bay not in t.holders
+        ):
+            devices.add(job.bay)
+        taken = sorted(d for d in devices if t.holders.get(d, job.id) != job.id)
+        if taken:
+            return f"{taken[0]} is held by job {t.holders[taken[0]]}"
+        if (
+            job.kind is JobKind.STORE
+            and job.slot is not None
+            and (
+                state not in _NO_CUSTODY
+                and car is not None
+                and car.place != str(job.slot)
+            )
+        ):
+            if not t.slots.is_free(t.slots.by_id[job.slot]):
+                return f"its slot {job.slot} is not free"
+            t.slots.reserve(job.slot, job.id)
+        for device in sorted(devices):
+            self._hold(t, job, device)
+
+        unresolved = self._unresolved.setdefault(t.id, [])
+        for step in job.steps:
+            if step.state in (StepState.SENT, StepState.FAULT):
+                unresolved.append((job, step))
+        return None
+
+    def _restored_plan(
+        self,
+        t: _Tower,
+        job: Job,
+        rjob: RestoredJob,
+        intents: dict[int, StepIntent],
+        outcome: dict[tuple[int, int], StepResult],
+    ) -> tuple[list[list[plan.StepSpec]], JobState] | str:
+        """The plan segments and state of a restored job; or why there are none.
+
+        Sets the job's bay and slot from the journal's origin and destination.
+        """
+        if job.kind is JobKind.STORE:
+            bay = t.bays.get(rjob.origin)
+            if bay is None:
+                return f"its bay {rjob.origin!r} is not in the site"
+            job.bay = bay.id
+            if rjob.destination:
+                slot = t.slots.by_name.get(rjob.destination)
+                if slot is None:
+                    return f"its slot {rjob.destination!r} is not in the site"
+                job.slot = slot.id
+            check = intents.get(0)
+            if check is None:
+                if intents:
+                    return "the journal has steps but no bay check"
+                return [], JobState.REQUESTED
+            result = outcome.get((0, check.seq))
+            if result is None or result.outcome != "done":
+                return [plan.check(bay)], JobState.CHECKING
+            if job.slot is None:  # measured and refused: back to the driver
+                return [plan.check(bay), plan.release(bay)], JobState.RETURNING
+            if len(intents) == 1:
+                return [plan.check(bay)], JobState.WAITING_PATH
+            first = intents.get(1)
+            if len(intents) == 2 and first is not None and first.device == bay.id:
+                # Cancelled while waiting: the bay hands the car back.
+                return [plan.check(bay), plan.release(bay)], JobState.CANCELLING
+            return [plan.check(bay), plan.store(bay, job.slot)], JobState.RUNNING
+        if job.kind is JobKind.RETRIEVE:
+            slot = t.slots.by_name.get(rjob.origin)
+            if slot is None:
+                return f"its slot {rjob.origin!r} is not in the site"
+            job.slot = slot.id
+            if rjob.destination:
+                if rjob.destination not in t.bays:
+                    return f"its bay {rjob.destination!r} is not in the site"
+                job.bay = rjob.destination
+            if not intents:
+                return [], JobState.WAITING_PATH
+            if job.bay is None:
+                return "the journal has steps but no bay"
+            return [plan.retrieve(slot.id, t.bays[job.bay])], JobState.RUNNING
+        return f"{job.kind.value} jobs are not resumed"
+
+    def _hold_restored(self, t: _Tower, job: Job, rjob: RestoredJob, why: str) -> None:
+        """A restored job that cannot be rebuilt: held, keeping its bay and car."""
+        job.machine.to_fault()
+        for end in (rjob.origin, rjob.destination):
+            if end in t.bays and job.bay is None:
+                job.bay = end
+            elif end in t.slots.by_name and job.slot is None:
+                job.slot = t.slots.by_name[end].id
+        car = self.inventory.cars.get(rjob.ticket)
+        place = car.place if car else "the bay (not yet measured)"
+        job.reason = f"open at restart; car {rjob.ticket} at {place}: {why}"
+        for device in (job.bay, car.place if car else None):
+            if device in t.links and t.holders.get(device, job.id) == job.id:
+                self._hold(t, job, device)
+        message = f"job {job.id} ({job.kind.value}) {job.reason}; held"
+        self._restore_notes.setdefault(t.id, []).append((job.id, "job_open", message))
 
     # -- small helpers ---------------------------------------------------------
 
