@@ -359,9 +359,16 @@ class SimServer:
                 server = ModbusTcpServer(
                     image.sim_devices(unit_id), address=(host, endpoint.port)
                 )
-                await server.serve_forever(background=True)
+                where = f"{host}:{endpoint.port} for {tower.id}/{device}"
+                try:
+                    await server.serve_forever(background=True)
+                except RuntimeError as exc:  # pymodbus' word for a bind failure
+                    await server.shutdown()
+                    raise OSError(
+                        f"cannot listen on {where} (is another simulator running?)"
+                    ) from exc
                 if not server.is_active():
-                    raise OSError(f"cannot listen on {host}:{endpoint.port}")
+                    raise OSError(f"cannot listen on {where}")
                 self._servers.append(server)
                 self.images[(tower.id, device)] = image
                 self.profiles[(tower.id, device)] = profile

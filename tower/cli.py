@@ -18,9 +18,16 @@ from tower import logs
 from tower.tomlsource import ValidationProblems
 
 
+class StartupError(Exception):
+    """A command could not start: what is wrong, in one line."""
+
+
 def _run(args: argparse.Namespace) -> int:
     from tower.config import load_site
+    from tower.console.server import ControlSocketError
+    from tower.console.tokens import TokenFileError
     from tower.service import Controller, mqtt_url_from, run_controller
+    from tower.store.journal import JournalError
 
     site = load_site(args.site)
     password = None
@@ -34,13 +41,21 @@ def _run(args: argparse.Namespace) -> int:
         tokens_path=args.tokens or site.control.tokens_file,
         mqtt_password=password,
     )
-    return asyncio.run(run_controller(controller))
+    try:
+        return asyncio.run(run_controller(controller))
+    except* (JournalError, TokenFileError, ControlSocketError) as group:
+        raise StartupError(group.exceptions[0]) from None
 
 
 def _sim(args: argparse.Namespace) -> int:
     from sim.server import run_sim
 
-    return asyncio.run(run_sim(args.site, speed=args.speed, control_path=args.control))
+    try:
+        return asyncio.run(
+            run_sim(args.site, speed=args.speed, control_path=args.control)
+        )
+    except OSError as err:
+        raise StartupError(err) from None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -85,8 +100,9 @@ def _console(args: argparse.Namespace) -> int:
     if not token:
         print("tower console: no token: give --token-file or set TOWER_TOKEN")
         return 2
-    Console(socket_path, token).run()
-    return 0
+    app = Console(socket_path, token)
+    app.run()
+    return app.return_code or 0
 
 
 def _ctl(argv: list[str]) -> int:
@@ -140,17 +156,28 @@ def build_parser() -> argparse.ArgumentParser:
     console.set_defaults(func=_console)
 
     sub.add_parser("ctl", help="operator command (see: tower ctl --help)")
+    sub.add_parser("simctl", help="visitors and faults for `tower sim` (see --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `ctl` has its own parser: hand it everything after the word.
+    # `ctl` and `simctl` have their own parsers: hand them what follows the word.
+    if "simctl" in argv:
+        from sim.simctl import main as simctl
+
+        index = argv.index("simctl")
+        if all(a.startswith("-") for a in argv[:index]):
+            logs.configure("warning")
+            return simctl(argv[index + 1 :])
     if "ctl" in argv:
         index = argv.index("ctl")
         if all(a.startswith("-") for a in argv[:index]):
             logs.configure("warning")
-            return _ctl(argv[index + 1 :])
+            try:
+                return _ctl(argv[index + 1 :])
+            except BrokenPipeError:
+                return 0  # `tower ctl slots | head`: the reader had enough
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_level, json=args.log_json)
@@ -160,8 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems.problems:
             print(problem, file=sys.stderr)
         return 2
+    except StartupError as err:
+        # A set-up problem (journal, tokens, socket, ports): one line, exit 2, so
+        # systemd does not restart into the same wall (RestartPreventExitStatus=2).
+        print(f"tower {args.command}: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return 0
 
 
 if __name__ == "__main__":

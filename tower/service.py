@@ -362,6 +362,7 @@ class Controller:
 
     async def _audit(self, role: Role, command: str, args: dict, outcome: str) -> None:
         assert self.journal is not None
+        _log.info("operator.command", role=role.value, command=command, outcome=outcome)
         await self.journal.audit(role.value, command, args, outcome)
 
     async def _dispatch(self, command: str, args: dict, role: Role) -> dict:
@@ -383,9 +384,15 @@ class Controller:
             )
             for tower in towers:
                 self._check_tower(tower)
-            return {"towers": [{"tower": t, "slots": core.slots(t)} for t in towers]}
+            return {
+                "towers": [
+                    {"tower": t, "slots": [_with_state(s) for s in core.slots(t)]}
+                    for t in towers
+                ]
+            }
         if command == "jobs":
-            return {"jobs": core.jobs()}
+            now = self._clock()
+            return {"jobs": [_with_progress(j, now) for j in core.jobs()]}
         if command == "alarms":
             return {"alarms": core.status().get("alarms", [])}
         if command == "ticket":
@@ -430,6 +437,34 @@ class Controller:
 
 class _StopRequested(Exception):
     """Raised inside the task group to end it on a clean stop."""
+
+
+def _with_state(slot: dict[str, Any]) -> dict[str, Any]:
+    """A slot as the console shows it: one state word."""
+    if slot.get("disabled"):
+        state = "disabled"
+    elif slot.get("blocked"):
+        state = "blocked"
+    elif slot.get("ticket"):
+        state = "occupied"
+    elif slot.get("reserved_by"):
+        state = "reserved"
+    else:
+        state = "free"
+    return {**slot, "state": state}
+
+
+def _with_progress(job: dict[str, Any], now: float) -> dict[str, Any]:
+    """A job with the command it runs now and its age, for the console."""
+    running = [
+        s["command"] for s in job.get("steps", []) if s["state"] in ("sent", "accepted")
+    ]
+    done = sum(1 for s in job.get("steps", []) if s["state"] == "done")
+    total = len(job.get("steps", []))
+    step = "; ".join(running) or (f"{done}/{total} done" if total else "")
+    created = job.get("created_at")
+    age_s = round(now - created, 1) if isinstance(created, int | float) else None
+    return {**job, "step": step, "age_s": age_s}
 
 
 def _required(args: dict, name: str) -> str:

@@ -52,7 +52,10 @@ class Console(App[None]):
     """The operator console."""
 
     TITLE = "Tower console"
-    BINDINGS: ClassVar = [("q", "quit", "Quit"), ("ctrl+r", "refresh", "Refresh")]
+    BINDINGS: ClassVar = [
+        ("ctrl+q", "quit", "Quit"),
+        ("ctrl+r", "refresh", "Refresh"),
+    ]
     CSS = """
     #towers { height: auto; max-height: 12; }
     #jobs { height: 1fr; }
@@ -84,6 +87,7 @@ class Console(App[None]):
         )
         jobs = self.query_one("#jobs", DataTable)
         jobs.add_columns("job", "kind", "tower", "state", "step", "from", "to", "age s")
+        self.query_one("#command", Input).focus()
         await self.action_refresh()
         self.set_interval(self.refresh_s, self.action_refresh)
 
@@ -92,6 +96,10 @@ class Console(App[None]):
             result = await request(self.socket_path, self.token, cmd, args or {})
         except ControlError as err:
             self.last_error = f"{err.code}: {err.message}"
+            if err.code == "unauthorized":
+                # A wrong token will not get better: leave, like `tower ctl` does.
+                self.exit(return_code=1, message=f"tower console: {self.last_error}")
+                return None
             self._say(f"[b red]{self.last_error}[/]")
             return None
         except OSError as err:
