@@ -115,3 +115,33 @@ def test_bays_must_stand_inside_the_tower(tmp_path):
     [problem] = caught.value.problems
     assert "column 5" in problem.message
     assert problem.line == 1  # the [[towers]] header of that tower
+
+
+def test_ids_that_would_break_a_topic_are_refused(tmp_path):
+    """A tower id with '/' (an MQTT level) and a prefix with '#' are refused."""
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[[towers]]\nid = "tower/a"\n[mqtt]\ntopic_prefix = "qa/#"\n', encoding="utf-8"
+    )
+
+    with pytest.raises(ValidationProblems) as caught:
+        load_site(path)
+
+    found = {(p.line, p.field) for p in caught.value.problems}
+    assert found == {(2, "towers.0.id"), (4, "mqtt.topic_prefix")}
+
+
+def test_two_devices_on_one_port_are_refused(tmp_path):
+    """Towers whose port ranges overlap are refused, naming both devices."""
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[[towers]]\nid = "a"\n[towers.plc]\nport_base = 20000\n'
+        '[[towers]]\nid = "b"\n[towers.plc]\nport_base = 20001\n',
+        encoding="utf-8",
+    )
+
+    with pytest.raises(ValidationProblems) as caught:
+        load_site(path)
+
+    [problem] = caught.value.problems
+    assert "b/lift and a/shuttle-0 both answer on 127.0.0.1:20001" in problem.message

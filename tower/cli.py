@@ -26,13 +26,17 @@ def _run(args: argparse.Namespace) -> int:
     from tower.config import load_site
     from tower.console.server import ControlSocketError
     from tower.console.tokens import TokenFileError
-    from tower.service import Controller, mqtt_url_from, run_controller
+    from tower.feed.publisher import FeedUrlError
+    from tower.service import Controller, SiteMismatch, mqtt_url_from, run_controller
     from tower.store.journal import JournalError
 
     site = load_site(args.site)
     password = None
     if site.mqtt.password_file:
-        password = Path(site.mqtt.password_file).read_text(encoding="utf-8").strip()
+        try:
+            password = Path(site.mqtt.password_file).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise StartupError(f"mqtt.password_file: {err}") from None
     controller = Controller(
         site,
         mqtt_url=mqtt_url_from(site, args.mqtt),
@@ -43,7 +47,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         return asyncio.run(run_controller(controller))
-    except* (JournalError, TokenFileError, ControlSocketError) as group:
+    except* (
+        JournalError,
+        TokenFileError,
+        ControlSocketError,
+        FeedUrlError,
+        SiteMismatch,
+    ) as group:
         raise StartupError(group.exceptions[0]) from None
 
 

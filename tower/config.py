@@ -39,6 +39,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Site, tower and bay ids end up in MQTT topics, log fields and file names:
+# letters, digits, '-' and '_' only (no '/', '+' or '#').
+Name = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", min_length=1, max_length=64)
+]
+
+
 class SizeLimits(_Model):
     """The largest car a slot of one size class takes."""
 
@@ -111,7 +118,7 @@ class Endpoint(_Model):
 class BayConfig(_Model):
     """A ground-level entry/exit point, reached by the ground shuttle."""
 
-    id: str = Field(description="Bay name, unique in the tower, e.g. 'bay-1'.")
+    id: Name = Field(description="Bay name, unique in the tower, e.g. 'bay-1'.")
     column: int = Field(description="Ground-aisle column of the bay.", ge=1)
     side: Side = Field(description="Side of the ground aisle.")
 
@@ -143,7 +150,7 @@ class PlcConfig(_Model):
 class TowerConfig(_Model):
     """One parking tower."""
 
-    id: str = Field(description="Tower name, unique on the site, e.g. 'tower-a'.")
+    id: Name = Field(description="Tower name, unique on the site, e.g. 'tower-a'.")
     levels: int = Field(8, description="Storage levels above the ground.", ge=1, le=40)
     columns: int = Field(6, description="Columns per side on each level.", ge=1, le=16)
     bays: list[BayConfig] = Field(
@@ -222,7 +229,12 @@ class MqttConfig(_Model):
         "mqtt://127.0.0.1:1883",
         description="Broker URL, mqtt://host:port. The TOWER_MQTT_URL variable wins.",
     )
-    topic_prefix: str = Field("zoo/parking", description="Prefix of every topic.")
+    topic_prefix: str = Field(
+        "zoo/parking",
+        description="Prefix of every topic: levels of letters, digits, '-', '_'.",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        max_length=128,
+    )
     username: str | None = Field(None, description="Broker user name, if any.")
     password_file: str | None = Field(
         None, description="File holding the broker password (never the password)."
@@ -272,7 +284,7 @@ class PollConfig(_Model):
 class SiteConfig(_Model):
     """A whole site: its towers and the services around them."""
 
-    id: str = Field("zoo", description="Site name, used in topics and logs.")
+    id: Name = Field("zoo", description="Site name, used in topics and logs.")
     profiles_dir: str = Field(
         "plc_profiles",
         description="Directory of the PLC profiles, relative to this file.",
@@ -290,6 +302,18 @@ class SiteConfig(_Model):
         ids = [t.id for t in self.towers]
         if len(set(ids)) != len(ids):
             raise ValueError(f"tower ids repeat: {ids}")
+        taken: dict[tuple[str, int], str] = {}
+        for tower in self.towers:
+            for device in tower.device_names():
+                endpoint = tower.endpoint(device)
+                key = (endpoint.host, endpoint.port or 502)
+                here = f"{tower.id}/{device}"
+                if key in taken:
+                    raise ValueError(
+                        f"{here} and {taken[key]} both answer on "
+                        f"{key[0]}:{key[1]}; move a port_base"
+                    )
+                taken[key] = here
         return self
 
     def tower(self, tower_id: str) -> TowerConfig:

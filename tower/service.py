@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import signal
 import time
@@ -41,12 +42,12 @@ from tower.core import RequestRefused, SiteCore
 from tower.core import actions as act
 from tower.core import events as ev
 from tower.core.restore import RestoredState
-from tower.errors import DeviceError
+from tower.errors import DeviceError, TowerError
 from tower.feed.publisher import OccupancyFeed
 from tower.notify import Notifier, watchdog_task
 from tower.plc.driver import DeviceDriver
 from tower.plc.profile import Profile, load_profile
-from tower.store.journal import AsyncJournal
+from tower.store.journal import AsyncJournal, JournalError
 
 _log = structlog.get_logger("tower.service")
 
@@ -72,6 +73,16 @@ def new_ticket() -> str:
     """A random ticket such as 'K7QX-M2PD-9RTW' (never a counter)."""
     raw = "".join(secrets.choice(_TICKET_ALPHABET) for _ in range(_TICKET_CHARS))
     return "-".join(raw[i : i + 4] for i in range(0, _TICKET_CHARS, 4))
+
+
+_TICKET_SHAPE = re.compile(
+    rf"\b[{_TICKET_ALPHABET}]{{4}}-[{_TICKET_ALPHABET}]{{4}}-[{_TICKET_ALPHABET}]{{4}}\b"
+)
+
+
+def redact_tickets(text: str) -> str:
+    """Text for the log: tickets (a visitor's key to a car) replaced."""
+    return _TICKET_SHAPE.sub("<ticket>", text)
 
 
 def new_job_id() -> str:
@@ -118,6 +129,7 @@ class Controller:
         self.journal: AsyncJournal | None = None
         self.feed: OccupancyFeed | None = None
         self.started = asyncio.Event()
+        self.fatal: JournalError | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -218,6 +230,7 @@ class Controller:
                 if path not in profiles:
                     profiles[path] = load_profile(path)
                 profile = profiles[path]
+                _check_fits(tower.id, device, profile, poll.heartbeat_ms)
                 self.drivers[(tower.id, device)] = DeviceDriver(
                     tower=tower.id,
                     device=device,
@@ -278,8 +291,19 @@ class Controller:
         """
         assert self.core is not None
         async with self._lock:
+            if self.fatal is not None:
+                raise _refused("controller_stopping", f"stopping: {self.fatal}")
             actions = self.core.handle(event, self._clock())
-            await self._carry_out(actions)
+            try:
+                await self._carry_out(actions)
+            except JournalError as err:
+                # The core has moved on in memory, the journal has not: nothing
+                # more may be sent. Stop; the restart reconciles from the
+                # journal and the PLCs.
+                self.fatal = err
+                _log.critical("journal.failed", reason=str(err))
+                self.stop()
+                raise _refused("journal_failed", str(err)) from None
         if not isinstance(event, ev.Tick):
             deadline = self.core.next_deadline()
             if deadline is not None and deadline < self._tick_at:
@@ -316,7 +340,7 @@ class Controller:
                     tower=action.tower,
                     device=action.device,
                     code=action.code,
-                    message=action.message,
+                    message=redact_tickets(action.message),
                 )
             elif isinstance(action, act.AlarmCleared):
                 _log.info(
@@ -377,22 +401,22 @@ class Controller:
                     device["online"] = bool(driver and driver.online)
             return status
         if command == "slots":
-            towers = (
-                [args["tower"]]
-                if args.get("tower")
-                else [t.id for t in self.site.towers]
-            )
+            tower_arg = _optional(args, "tower")
+            towers = [tower_arg] if tower_arg else [t.id for t in self.site.towers]
             for tower in towers:
                 self._check_tower(tower)
             return {
                 "towers": [
-                    {"tower": t, "slots": [_with_state(s) for s in core.slots(t)]}
+                    {
+                        "tower": t,
+                        "slots": [_for(role, _with_state(s)) for s in core.slots(t)],
+                    }
                     for t in towers
                 ]
             }
         if command == "jobs":
             now = self._clock()
-            return {"jobs": [_with_progress(j, now) for j in core.jobs()]}
+            return {"jobs": [_for(role, _with_progress(j, now)) for j in core.jobs()]}
         if command == "alarms":
             return {"alarms": core.status().get("alarms", [])}
         if command == "ticket":
@@ -405,7 +429,7 @@ class Controller:
             return {"job_id": job_id, "ticket": ticket, "tower": tower, "bay": bay}
         if command == "retrieve":
             ticket = _required(args, "ticket")
-            bay = args.get("bay")
+            bay = _optional(args, "bay")
             job_id = new_job_id()
             await self.apply(ev.RetrieveRequested(ticket, job_id, bay))
             job = next((j for j in core.jobs() if j["job_id"] == job_id), {})
@@ -433,6 +457,30 @@ class Controller:
     def _check_tower(self, tower: str) -> None:
         if tower not in {t.id for t in self.site.towers}:
             raise _refused("unknown_tower", f"no tower {tower!r} on this site")
+
+
+class SiteMismatch(TowerError):
+    """Raised at start when the site file and a profile cannot work together."""
+
+
+def _check_fits(tower: str, device: str, profile: Profile, heartbeat_ms: int) -> None:
+    if device == "lift":
+        kind = "lift"
+    elif device.startswith("shuttle-"):
+        kind = "shuttle"
+    else:
+        kind = "bay"  # every other device of a tower is one of its bays
+    if profile.kind.value != kind:
+        raise SiteMismatch(
+            f"{tower}/{device}: profile {profile.source} describes a "
+            f"{profile.kind.value}, not a {kind}"
+        )
+    if heartbeat_ms * 2 > profile.heartbeat_timeout_ms:
+        raise SiteMismatch(
+            f"{tower}/{device}: poll.heartbeat_ms = {heartbeat_ms} is more than half "
+            f"the PLC's heartbeat_timeout_ms = {profile.heartbeat_timeout_ms}; the "
+            "PLC would stop its motions"
+        )
 
 
 class _StopRequested(Exception):
@@ -467,6 +515,22 @@ def _with_progress(job: dict[str, Any], now: float) -> dict[str, Any]:
     return {**job, "step": step, "age_s": age_s}
 
 
+def _for(role: Role, item: dict[str, Any]) -> dict[str, Any]:
+    """What a role may see: a viewer gets no tickets (a ticket fetches a car)."""
+    if role is not Role.VIEWER or not item.get("ticket"):
+        return item
+    return {**item, "ticket": "<hidden>"}
+
+
+def _optional(args: dict, name: str) -> str | None:
+    value = args.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _refused("bad_request", f"argument {name!r} must be a non-empty string")
+    return value
+
+
 def _required(args: dict, name: str) -> str:
     value = args.get(name)
     if not isinstance(value, str) or not value:
@@ -492,7 +556,7 @@ async def run_controller(controller: Controller) -> int:
         await controller.run()
     except* _StopRequested:
         pass
-    return 0
+    return 1 if controller.fatal is not None else 0
 
 
 def mqtt_url_from(site: SiteConfig, override: str | None) -> str:

@@ -79,6 +79,9 @@ def parse_request(line: bytes) -> Request:
         body = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(BAD_JSON, f"not a JSON line: {exc}") from None
+    except (RecursionError, ValueError) as exc:
+        # Nesting too deep, or an integer with thousands of digits.
+        raise ProtocolError(BAD_JSON, f"not a usable JSON line: {exc}") from None
     if not isinstance(body, dict):
         raise ProtocolError(BAD_REQUEST, "a request is a JSON object")
 

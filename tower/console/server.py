@@ -47,6 +47,13 @@ SOCKET_MODE = 0o660
 CLOSE_GRACE_S = 5.0  # How long close() lets running commands finish.
 
 
+MAX_CONNECTIONS = 128
+"""Connections served at once; more are closed at once (and logged)."""
+
+IDLE_TIMEOUT_S = 300.0
+"""A connection that sends no complete line for this long is closed."""
+
+
 class ControlSocketError(OSError):
     """Raised by `start()` when the socket path cannot be served."""
 
@@ -167,11 +174,17 @@ class ControlServer:
         assert task is not None
         self._next_connection += 1
         task.set_name(f"control.connection[{self._next_connection}]")
+        if len(self._connections) >= MAX_CONNECTIONS:
+            # Local clients only, but a runaway script must not starve the
+            # controller of file descriptors: refuse beyond the cap.
+            log.warning("control.refused", code="too_many_connections")
+            writer.close()
+            return
         self._connections.add(task)
         try:
             await self._converse(reader, writer)
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # The client left, or close() ended the connection.
+        except (ConnectionError, asyncio.CancelledError, TimeoutError):
+            pass  # The client left or idled too long, or close() ended it.
         finally:
             self._connections.discard(task)
             self._idle.discard(task)
@@ -187,7 +200,8 @@ class ControlServer:
         while not self._closing:
             self._idle.add(task)
             try:
-                line = await reader.readuntil(b"\n")
+                async with asyncio.timeout(IDLE_TIMEOUT_S):
+                    line = await reader.readuntil(b"\n")
             except asyncio.IncompleteReadError:
                 return  # End of stream, possibly in the middle of a line.
             except asyncio.LimitOverrunError:
