@@ -1,5 +1,6 @@
 """The site file: defaults, endpoints and line-numbered errors."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,25 @@ def test_two_devices_on_one_port_are_refused(tmp_path):
 
     [problem] = caught.value.problems
     assert "b/lift and a/shuttle-0 both answer on 127.0.0.1:20001" in problem.message
+
+
+def test_a_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A FIFO or a directory given as a site file is a problem, never a hang."""
+    fifo = tmp_path / "site.toml"
+    os.mkfifo(fifo)
+
+    with pytest.raises(ValidationProblems) as caught:
+        load_site(fifo)
+
+    assert caught.value.problems[0].message == "not a regular file"
+
+
+def test_toml_nested_too_deep_is_a_problem(tmp_path):
+    """Nesting deep enough to exhaust the parser is reported as a syntax problem."""
+    path = tmp_path / "site.toml"
+    path.write_text("a = " + "[" * 50000 + "]" * 50000 + "\n", encoding="utf-8")
+
+    with pytest.raises(ValidationProblems) as caught:
+        load_site(path)
+
+    assert caught.value.problems[0].field == "(syntax)"

@@ -121,6 +121,11 @@ class TomlSource:
     def read(cls, path: str | Path) -> TomlSource:
         """Parse a file; a syntax error becomes a ValidationProblems with its line."""
         path = Path(path)
+        if path.exists() and not path.is_file():
+            # A directory, a FIFO or a device: reading would fail or never end.
+            raise ValidationProblems(
+                [Problem(str(path), None, "(file)", "not a regular file")]
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -134,6 +139,10 @@ class TomlSource:
         path = Path(path)
         try:
             data = tomllib.loads(text)
+        except RecursionError:
+            raise ValidationProblems(
+                [Problem(str(path), None, "(syntax)", "nested too deeply to read")]
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             match = re.search(r"line (\d+)", str(exc))
             line = int(match.group(1)) if match else None

@@ -831,10 +831,16 @@ def _usable_device(
     raw = raw if isinstance(raw, dict) else {}
     kinds = {k.value: k for k in DeviceKind}
     orders = {o.value: o for o in WordOrder}
-    kind = kinds.get(raw.get("kind"))  # type: ignore[arg-type]
+    raw_kind = raw.get("kind")
+    kind = kinds.get(raw_kind) if isinstance(raw_kind, str) else None
     base = raw.get("address_base", 0)
     base = base if base in (0, 1) and not isinstance(base, bool) else 0
-    order = orders.get(raw.get("word_order"), WordOrder.BIG)  # type: ignore[arg-type]
+    raw_order = raw.get("word_order")
+    order = (
+        orders.get(raw_order, WordOrder.BIG)
+        if isinstance(raw_order, str)
+        else (WordOrder.BIG)
+    )
     return kind, base, order
 
 
