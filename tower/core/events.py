@@ -18,21 +18,33 @@ class StoreRequested:
 
     `ticket` is the visitor's new ticket (random, made by the shell); the core
     journals it with `TicketIssued` once the car is measured and accepted.
+    `expected_departure_s` is an estimate of when the visitor will want the
+    car back (core clock, s; from the time of day or the visitor's app), and
+    `wants_charger` says the driver asked to charge; both are hints for slot
+    allocation, never promises.
     """
 
     tower: str
     bay: str
     ticket: str
     job_id: str
+    expected_departure_s: float | None = None
+    wants_charger: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RetrieveRequested:
-    """A visitor asked for the car of `ticket`, at `bay` or at the nearest free bay."""
+    """A visitor asked for the car of `ticket`, at `bay` or at the nearest free bay.
+
+    `visitor_due_s` is when the visitor is expected at the tower (core clock,
+    s) for a request made ahead, at the kiosk by the exit; None means the
+    visitor is at the tower now.
+    """
 
     ticket: str
     job_id: str
     bay: str | None = None
+    visitor_due_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
