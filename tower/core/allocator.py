@@ -10,10 +10,12 @@ allocator and stops the job), so a policy cannot corrupt the inventory.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Protocol
 
 from tower.config import SizeClass, TowerConfig
+from tower.core.events import Event, StoreRequested
 from tower.core.inventory import TowerSlots
 from tower.core.model import SizeRules, Slot, SlotId, Travel
 
@@ -32,6 +34,24 @@ class TowerView:
         self.travel = travel
         self._slots = slots
         self._sizes = sizes
+        self.now = 0.0
+        """When the car was measured (core clock, s)."""
+        self.expected_departure_s: float | None = None
+        """The store request's departure estimate (core clock, s), if any."""
+        self.wants_charger = False
+        """Whether the driver asked to charge."""
+        self.ticket: str | None = None
+        """The ticket of the car being placed."""
+
+    def asking(self, now: float, request: Event | None) -> TowerView:
+        """The same window, for one store: its time and its request's hints."""
+        view = copy.copy(self)
+        view.now = now
+        if isinstance(request, StoreRequested):
+            view.expected_departure_s = request.expected_departure_s
+            view.wants_charger = request.wants_charger
+            view.ticket = request.ticket
+        return view
 
     @property
     def tower(self) -> str:

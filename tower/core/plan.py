@@ -6,6 +6,9 @@ the lift goes down to the ground and the level shuttle comes to the lift while
 the ground shuttle fetches the car from the bay. See docs/architecture.md,
 "Motion plan"; the plans here are that section, step for step.
 
+A relocate plan moves a parked car to another slot, for the sequencer's
+idle-time housekeeping.
+
 A step that hands a car over names the car's place once it is done (`car_to`)
 and the devices it involves besides its own (`partners`): the lift, or the bay
 it picks from or places into. A job keeps a device reserved until its last
@@ -95,6 +98,38 @@ def retrieve(slot: SlotId, bay: BayConfig) -> list[StepSpec]:
         StepSpec(ground, "place", side=bay.side.value, after=(9, 2),
                  partners=(bay.id,), car_to=bay.id),  # 10
         StepSpec(bay.id, "release", after=(10,)),  # 11
+    ]  # fmt: skip
+
+
+def relocate(origin: SlotId, destination: SlotId) -> list[StepSpec]:
+    """From one slot to another: along the aisle on one level, or through the
+    lift between levels (the destination's shuttle comes to the lift meanwhile).
+    """
+    source, target = shuttle(origin.level), shuttle(destination.level)
+    if origin.level == destination.level:
+        return [
+            StepSpec(source, "move", origin.column),  # 0
+            StepSpec(source, "pick", side=origin.side.value, after=(0,),
+                     car_to=source),  # 1
+            StepSpec(source, "move", destination.column, after=(1,)),  # 2
+            StepSpec(source, "place", side=destination.side.value, after=(2,),
+                     car_to=str(destination)),  # 3
+        ]  # fmt: skip
+    return [
+        StepSpec(source, "move", origin.column),  # 0
+        StepSpec(LIFT, "move", origin.level),  # 1
+        StepSpec(target, "move", 0),  # 2
+        StepSpec(source, "pick", side=origin.side.value, after=(0,),
+                 car_to=source),  # 3
+        StepSpec(source, "move", 0, after=(3,)),  # 4
+        StepSpec(source, "place", side="lift", after=(4, 1), partners=(LIFT,),
+                 car_to=LIFT),  # 5
+        StepSpec(LIFT, "move", destination.level, after=(5,)),  # 6
+        StepSpec(target, "pick", side="lift", after=(6, 2), partners=(LIFT,),
+                 car_to=target),  # 7
+        StepSpec(target, "move", destination.column, after=(7,)),  # 8
+        StepSpec(target, "place", side=destination.side.value, after=(8,),
+                 car_to=str(destination)),  # 9
     ]  # fmt: skip
 
 

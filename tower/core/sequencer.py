@@ -20,11 +20,20 @@ from tower.core.plan import StepSpec, devices_of
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """A job admitted with the bay it uses and the plan it will run."""
+    """Devices reserved for a job now, and the plan it runs.
+
+    `plan` is added to a waiting job's steps when it is first admitted; for a
+    job already running it is ignored (pass `[]`). `reserve` names the
+    devices to reserve now; None reserves the plan's whole path. A retrieval
+    whose visitor gave no bay is planned through `bay` provisionally; it is
+    bound to `bay` (journaled, and its steps not sent yet planned again
+    through it) once `bay` is among the devices it holds.
+    """
 
     job: Job
     bay: str
     plan: list[StepSpec]
+    reserve: frozenset[str] | None = None
 
 
 class PathBook(Protocol):

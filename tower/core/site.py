@@ -184,6 +184,9 @@ class _Tower:
         self.view = TowerView(config, self.slots, core.sizes, self.travel)
         self.holders: dict[str, str] = {}  # device -> job id holding it
         self.jobs: list[Job] = []  # open jobs, oldest first
+        # Running jobs with steps on devices they do not hold yet (a sequencer
+        # that reserves a path piece by piece, see `Admission.reserve`).
+        self.partial: set[str] = set()
         self.stranded: set[str] = set()  # devices holding a car no job accounts for
         self.first_start = True
         self.occupancy: Occupancy | None = None
@@ -209,6 +212,8 @@ class _Book:
         assert job.slot is not None  # a waiting job always knows its slot
         if job.kind is JobKind.STORE:
             made = plan.store(t.bays[bay], job.slot)
+        elif job.kind is JobKind.RELOCATE:
+            made = plan.relocate(job.slot, self._core._relocations[job.id])
         else:
             made = plan.retrieve(job.slot, t.bays[bay])
         job.plans[bay] = made
@@ -232,6 +237,33 @@ class _Book:
         if job.bay is not None:
             return [job.bay]
         return self._tower.bay_order
+
+    # What a sequencer may read besides the paths (see `PathBook`).
+
+    @property
+    def now(self) -> float:
+        return self._core._now
+
+    @property
+    def jobs(self) -> list[Job]:
+        return self._tower.jobs
+
+    @property
+    def view(self) -> TowerView:
+        return self._tower.view
+
+    def holder(self, device: str) -> str | None:
+        return self._tower.holders.get(device)
+
+    def request(self, job: Job) -> Event | None:
+        return self._core._requests.get(job.id)
+
+    def place(self, job: Job) -> str | None:
+        car = self._core.inventory.cars.get(job.ticket)
+        return car.place if car is not None else None
+
+    def car_at(self, place: str) -> str | None:
+        return self._core.inventory.at(self._tower.id, place)
 
 
 class SiteCore:
@@ -268,6 +300,8 @@ class SiteCore:
         self.errors: list[IllegalTransition] = []
         """Every domain error so far, oldest first (for tests and the console)."""
         self._ticket_jobs: dict[str, str] = {}  # ticket -> its open job
+        self._requests: dict[str, Event] = {}  # job id -> its request (hints)
+        self._relocations: dict[str, SlotId] = {}  # relocate job id -> destination
         self._restore_notes: dict[str, list[tuple[str, str, str]]] = {}
         # tower -> steps restored in flight (or stopped for a lost heartbeat)
         self._unresolved: dict[str, list[tuple[Job, Step]]] = {}
@@ -314,6 +348,12 @@ class SiteCore:
                 due = link.deadline(self.accept_timeout_s, self.done_timeout_s)
                 if due is not None and (best is None or due < best):
                     best = due
+        # A sequencer may want to decide again at a time of its own (a job
+        # it holds back until its visitor is near).
+        wake = getattr(self.sequencer, "next_wake", None)
+        due = wake() if wake is not None else None
+        if due is not None and due > self._now and (best is None or due < best):
+            best = due
         return best
 
     # -- requests --------------------------------------------------------------
@@ -339,6 +379,7 @@ class SiteCore:
 
         job = self._new_job(t, event.job_id, JobKind.STORE, event.ticket)
         job.bay = event.bay
+        self._requests[job.id] = event
         self._hold(t, job, event.bay)
         self._persist(
             JobCreated(job.id, t.id, JobKind.STORE, job.ticket, event.bay, "")
@@ -368,16 +409,26 @@ class SiteCore:
 
         job = self._new_job(t, event.job_id, JobKind.RETRIEVE, event.ticket)
         job.slot, job.size = slot.id, car.size
+        self._requests[job.id] = event
         # The bay is taken now, so the visitor knows where to go: a free one
         # if there is one, else one whose last car is still being collected.
-        # With every bay taken by jobs, the first to free up serves it.
+        # With every bay taken by jobs, the first to free up serves it. A bay
+        # where a driver is leaving a new car (not in custody yet) is not
+        # taken: its store request is on the way. A sequencer with `late_bay`
+        # reserves the bay itself (chooses it, too, if the visitor named none).
         book = _Book(self, t)
         untaken = [b for b in [event.bay] if b] or [
-            b for b in t.bay_order if b not in t.holders
+            b
+            for b in t.bay_order
+            if b not in t.holders
+            and (self.inventory.at(t.id, b) or not t.links[b].flag("vehicle_present"))
         ]
         free = [b for b in untaken if book.available(b, job)]
         job.bay = event.bay or next(iter(free or untaken), None)
-        if job.bay is not None and job.bay not in t.holders:
+        late = getattr(self.sequencer, "late_bay", False)
+        if late and event.bay is None:
+            job.bay = None
+        if job.bay is not None and job.bay not in t.holders and not late:
             self._hold(t, job, job.bay)
         self._persist(
             JobCreated(
@@ -596,6 +647,7 @@ class SiteCore:
         if t.state not in MOTION_STATES:
             return
         try:
+            self._housekeep(t)
             self._admit(t)
         except IllegalTransition as err:
             self._domain_error(t, err)
@@ -608,23 +660,93 @@ class SiteCore:
                 self._domain_error(t, err, job)
 
     def _admit(self, t: _Tower) -> None:
-        waiting = [j for j in t.jobs if j.state is JobState.WAITING_PATH]
+        waiting = [
+            j
+            for j in t.jobs
+            if j.state is JobState.WAITING_PATH
+            or (j.id in t.partial and j.state is JobState.RUNNING)
+        ]
         if not waiting:
             return
         book = _Book(self, t)
         for admission in self.sequencer.admit(waiting, book):
             job = admission.job
             path = plan.devices_of(admission.plan)
-            busy = [d for d in path if not book.available(d, job)]
-            if job.state is not JobState.WAITING_PATH or busy:
+            reserve = path if admission.reserve is None else admission.reserve
+            new = [d for d in reserve if d not in job.holds]
+            busy = [d for d in new if not book.available(d, job)]
+            if job.state not in (JobState.WAITING_PATH, JobState.RUNNING) or busy:
                 raise IllegalTransition("sequencer", f"path busy: {busy}", job.id)
-            for device in path:
+            for device in new:
                 self._hold(t, job, device)
-            if job.kind is JobKind.RETRIEVE and job.bay is None:
+            bound = admission.bay in job.holds
+            if job.kind is JobKind.RETRIEVE and job.bay is None and bound:
                 job.bay = admission.bay
                 self._persist(JobDestination(job.id, admission.bay))
-            self._add_steps(job, admission.plan)
-            job.machine.fire(JobEvent.ADMITTED)
+                self._rebind(t, job)
+            if job.state is JobState.WAITING_PATH and admission.plan:
+                self._add_steps(job, admission.plan)
+                job.machine.fire(JobEvent.ADMITTED)
+            if job.state is JobState.RUNNING and any(
+                not job.holds.issuperset(s.devices)
+                for s in job.steps
+                if s.state is StepState.PENDING
+            ):
+                t.partial.add(job.id)
+            else:
+                t.partial.discard(job.id)
+
+    def _housekeep(self, t: _Tower) -> None:
+        """The relocations the sequencer asks for (it knows when) become jobs.
+
+        A relocate job moves a parked car (no job of its own) to a free slot
+        that fits it; it is journaled like any job. Its id is made here, from
+        the tower and the time (one relocation at a time), as no request brings
+        one.
+        """
+        propose = getattr(self.sequencer, "relocations", None)
+        if propose is None:
+            return
+        for ticket, to in propose(_Book(self, t)):
+            car = self.inventory.cars.get(ticket)
+            origin = t.slots.by_name.get(car.place) if car is not None else None
+            target = t.slots.by_id.get(to)
+            if (
+                car is None
+                or origin is None
+                or target is None
+                or ticket in self._ticket_jobs
+                or origin.id in t.slots.blocked
+                or not t.slots.is_free(target)
+                or not self.sizes.fits(target.size, car.size)
+            ):
+                raise IllegalTransition("sequencer", f"bad relocation to {to}", ticket)
+            job_id = f"relocate-{t.id}-{round(self._now * 1000)}"
+            job = self._new_job(t, job_id, JobKind.RELOCATE, ticket)
+            job.slot, job.size = origin.id, car.size
+            t.slots.reserve(target.id, job.id)
+            self._relocations[job.id] = target.id
+            t.dirty = True
+            self._persist(
+                JobCreated(
+                    job.id, t.id, JobKind.RELOCATE, ticket, origin.name, target.name
+                )
+            )
+            job.machine.fire(JobEvent.QUEUED)
+
+    def _rebind(self, t: _Tower, job: Job) -> None:
+        """A retrieve planned through a provisional bay got its own: the steps
+        not sent yet are planned again through it (the same plan's steps; only
+        the bay's and the ground shuttle's commands differ)."""
+        assert job.bay is not None
+        if not job.steps:
+            return
+        specs = _Book(self, t).plan_for(job, job.bay)
+        for step, spec in zip(job.steps, specs, strict=True):
+            if step.state is StepState.PENDING:
+                step.device, step.code = spec.device, spec.code
+                step.target, step.side = spec.target, spec.side
+                step.partners, step.car_to = spec.partners, spec.car_to
 
     def _advance(self, t: _Tower, job: Job) -> None:
         if job.state is JobState.REQUESTED and job.kind is JobKind.STORE:
@@ -636,10 +758,13 @@ class SiteCore:
         if job.state not in _STEPPING:
             return
         steps = job.steps
+        gated = job.id in t.partial  # steps wait for their devices' reservation
         for step in steps:
             if step.state is not StepState.PENDING:
                 continue
             if any(steps[i].state is not StepState.DONE for i in step.after):
+                continue
+            if gated and not job.holds.issuperset(step.devices):
                 continue
             if self._step_ready(t, step, retrieve=job.kind is JobKind.RETRIEVE):
                 self._send(t, job, step)
@@ -704,7 +829,8 @@ class SiteCore:
         if size is None:
             job.reason = "car_too_large"
         else:
-            chosen = self.allocator.choose(t.view, size)
+            request = self._requests.get(job.id)
+            chosen = self.allocator.choose(t.view.asking(self._now, request), size)
             if chosen is None:
                 job.reason = "no_free_slot"
         if size is None or chosen is None:
@@ -782,6 +908,11 @@ class SiteCore:
             if t.holders.get(device) == job.id:
                 del t.holders[device]
         job.holds.clear()
+        t.partial.discard(job.id)
+        self._requests.pop(job.id, None)
+        destination = self._relocations.pop(job.id, None)
+        if destination is not None and t.slots.reserved.get(destination) == job.id:
+            t.slots.unreserve(destination)
         self._unreserve(t, job)
         job.finished_at = self._now
         self._persist(JobFinished(job.id, OUTCOMES[job.state], job.reason))
