@@ -22,7 +22,8 @@ Visitors: `arrive()` drives a car into a bay (waiting for the bay to stand
 open and empty) and sends the store request once the driver has walked out;
 `retrieve()` asks for a ticket's car; when a retrieve job ends with the car
 released in its bay, its visitor collects it at once (the plant models the
-driver's time in the bay).
+driver's time in the bay), or at `collect_at[ticket]` for a visitor who asked
+ahead and is still on the way, taking `collect_s[ticket]` to drive off.
 
 The plant runs with `watch_heartbeat=False` and the core with its heartbeat
 watch off: the plant reports changes only, so no status would show the
@@ -129,6 +130,11 @@ class Harness:
         self.jobs: dict[str, JobTimes] = {}
         self.car_of: dict[str, str] = {}  # ticket -> car id that arrived with it
         self.delivered: dict[str, str] = {}  # ticket -> car id the visitor got
+        # A visitor who asked ahead (at a kiosk) reaches the bay later: ticket ->
+        # when, and how long the driver then takes to get in and drive off.
+        # Without an entry the visitor collects at once, in the car's own time.
+        self.collect_at: dict[str, float] = {}
+        self.collect_s: dict[str, float] = {}
         self.on_command: list[CommandHook] = []
         self.after_step: list[Callable[[Harness], None]] = []
         self._schedule: list[tuple[float, int, Callable[[], None]]] = []
@@ -137,6 +143,7 @@ class Harness:
         self._waiting: dict[tuple[str, str], list[tuple[str, Car]]] = {}
         self._dropping: dict[tuple[str, str], str] = {}  # bay -> ticket, driver in
         self._batch: list[Record] = []
+        self._hints: dict[str, tuple[float | None, bool]] = {}  # ticket -> hints
         self._reread: set[tuple[str, str]] = set()
 
         for tower in site.towers:
@@ -146,14 +153,26 @@ class Harness:
 
     # -- visitors ------------------------------------------------------------
 
-    def arrive(self, tower: str, bay: str, car: Car, *, at: float | None = None) -> str:
+    def arrive(
+        self,
+        tower: str,
+        bay: str,
+        car: Car,
+        *,
+        at: float | None = None,
+        expected_departure_s: float | None = None,
+        wants_charger: bool = False,
+    ) -> str:
         """A car comes to a bay at `at` (default now); the ticket it will get.
 
         The car waits for the bay to stand open and empty, drives in, and the
-        store request goes out when its driver has walked out of the bay.
+        store request goes out when its driver has walked out of the bay,
+        with the departure estimate and charging wish as hints.
         """
         ticket = f"T{self.rng.getrandbits(48):012X}"
         self.car_of[ticket] = car.id
+        if expected_departure_s is not None or wants_charger:
+            self._hints[ticket] = (expected_departure_s, wants_charger)
         self._at(at, lambda: self._queue_arrival(tower, bay, ticket, car))
         return ticket
 
@@ -164,13 +183,18 @@ class Harness:
         *,
         at: float | None = None,
         retry_s: float | None = None,
+        visitor_due_s: float | None = None,
     ) -> None:
         """A visitor asks for the car of `ticket` at `at` (default now).
 
         With `retry_s`, a request refused because the car is not parked yet
         (or the tower not in auto) is asked again that much later.
+        `visitor_due_s` tells the core when a visitor who asks ahead is
+        expected at the tower.
         """
-        self._at(at, lambda: self._request_retrieve(ticket, bay, retry_s))
+        self._at(
+            at, lambda: self._request_retrieve(ticket, bay, retry_s, visitor_due_s)
+        )
 
     def operate(self, event: Event, *, poll: bool = True) -> None:
         """An operator request (`SetMode`, `ResetTower`, `CancelJob`) or an
@@ -214,7 +238,8 @@ class Harness:
                 continue
             del self._dropping[tower, bay]
             job_id = f"j{next(self._job_ids)}"
-            event = StoreRequested(tower, bay, ticket, job_id)
+            departure_s, charger = self._hints.get(ticket, (None, False))
+            event = StoreRequested(tower, bay, ticket, job_id, departure_s, charger)
             self.jobs[job_id] = JobTimes(JobKind.STORE, ticket, tower, self.now, bay)
             if not self._request(event):
                 # Refused: the driver takes the car away again.
@@ -222,10 +247,14 @@ class Harness:
                 self.plant.driver_collects(tower, bay)
 
     def _request_retrieve(
-        self, ticket: str, bay: str | None, retry_s: float | None
+        self,
+        ticket: str,
+        bay: str | None,
+        retry_s: float | None,
+        visitor_due_s: float | None = None,
     ) -> None:
         job_id = f"j{next(self._job_ids)}"
-        event = RetrieveRequested(ticket, job_id, bay)
+        event = RetrieveRequested(ticket, job_id, bay, visitor_due_s)
         car = self.core.inventory.cars.get(ticket)
         tower = car.tower if car else ""
         times = JobTimes(JobKind.RETRIEVE, ticket, tower, self.now, bay or "")
@@ -236,11 +265,12 @@ class Harness:
         code = self.refused[-1][1]
         if retry_s is not None and code in ("ticket_in_use", "tower_not_auto"):
             self._at(
-                self.now + retry_s, lambda: self._request_retrieve(ticket, bay, retry_s)
+                self.now + retry_s,
+                lambda: self._request_retrieve(ticket, bay, retry_s, visitor_due_s),
             )
 
     def _collect(self, tower: str, bay: str, ticket: str) -> None:
-        car = self.plant.driver_collects(tower, bay)
+        car = self.plant.driver_collects(tower, bay, self.collect_s.get(ticket))
         self.delivered[ticket] = car.id
 
     def _take_back(self, tower: str, bay: str) -> None:
@@ -385,7 +415,8 @@ class Harness:
             done = record.outcome.value == "done"
             tower, bay, ticket = times.tower, times.bay, times.ticket
             if times.kind is JobKind.RETRIEVE and done:
-                self._at(None, lambda: self._collect(tower, bay, ticket))
+                at = self.collect_at.get(ticket)
+                self._at(at, lambda: self._collect(tower, bay, ticket))
             elif times.kind is JobKind.STORE and not done:
                 # Refused after the check, or cancelled: the driver takes it back.
                 self._at(None, lambda: self._take_back(tower, bay))

@@ -528,9 +528,11 @@ class Plant:
         self._mark(d)
         self._run_due()
 
-    def driver_collects(self, tower: str, bay: str) -> Car:
+    def driver_collects(
+        self, tower: str, bay: str, driver_time_s: float | None = None
+    ) -> Car:
         """A visitor walks into an open bay to the car standing there and drives
-        off after `driver_time_s`; returns the car."""
+        off after `driver_time_s` (default the car's own); returns the car."""
         d = self._bay(tower, bay)
         car_id = self._towers[tower].places.get(bay)
         if car_id is None:
@@ -541,7 +543,8 @@ class Plant:
             raise PlantError(f"{tower}/{bay} has a person inside")
 
         car = self._cars[car_id]
-        d.person_until = self.now + car.driver_time_s
+        stay_s = car.driver_time_s if driver_time_s is None else driver_time_s
+        d.person_until = self.now + stay_s
         d.collecting = car_id
         self._mark(d)
         self._run_due()
