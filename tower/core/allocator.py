@@ -34,6 +34,9 @@ class TowerView:
         self.travel = travel
         self._slots = slots
         self._sizes = sizes
+        column = min((b.column for b in config.bays), default=1)
+        self._retrieval_s = {s.id: travel.retrieve_s(s.id, column) for s in slots.order}
+        self._by_retrieval = sorted(slots.order, key=lambda s: self._retrieval_s[s.id])
         self.now = 0.0
         """When the car was measured (core clock, s)."""
         self.expected_departure_s: float | None = None
@@ -99,6 +102,18 @@ class TowerView:
         """Unqueued retrieve time from the slot to a bay at `bay_column`, s."""
         return self.travel.retrieve_s(slot.id, bay_column)
 
+    def retrieval_s(self, slot: SlotId) -> float:
+        """Unqueued retrieve time from the slot to the tower's nearest bay, s."""
+        return self._retrieval_s[slot]
+
+    def by_retrieval(self) -> list[Slot]:
+        """Every slot, shortest unqueued retrieval (to the nearest bay) first.
+
+        Ties keep (level, column, side) order. The layout and physics are
+        fixed, so the ranking is made once.
+        """
+        return self._by_retrieval
+
 
 class Allocator(Protocol):
     """A slot allocation policy."""
@@ -120,3 +135,113 @@ class FirstFit:
         for slot in tower.free_slots(size_class):
             return slot.id
         return None
+
+
+class Nearest:
+    """The free fitting slot with the shortest unqueued retrieval.
+
+    The strong baseline of the benchmark: every car as near the lift as the
+    free slots allow, whatever its stay, so the first cars of the morning
+    take the best slots and keep them until they leave.
+    """
+
+    def choose(self, tower: TowerView, size_class: SizeClass) -> SlotId | None:
+        """The nearest free slot that fits, or None."""
+        for slot in tower.by_retrieval():
+            if tower.is_free(slot) and tower.fits(slot, size_class):
+                return slot.id
+        return None
+
+
+class DepartureZones:
+    """Cars likely to leave soon go where retrieval is short.
+
+    The slots of a tower, ranked by unqueued retrieval time, are cut into
+    `zones` zones of equal size. A car goes to the zone of its place in the
+    departure order of the cars present (its own estimate among theirs): the
+    first third to leave gets the nearest zone. Within a zone it takes the
+    nearest free slot; a full zone sends it to the next farther one, then to
+    the nearer ones. Size rules hold as always: tall cars go to tall slots,
+    and a car takes a slot of a larger class only when none of its own class
+    is free. With `chargers`, a car that wants to charge takes a charger slot
+    of its zone when there is one, and other cars leave charger slots free
+    while they can (off by default: the reference site's chargers stand in
+    the column next to the lift, which every car would then lose). A car
+    with no estimate goes to the nearest free slot.
+
+    The allocator remembers the estimate of every car it placed, by ticket
+    (the core keeps no hints for parked cars); it forgets cars that left.
+    """
+
+    def __init__(self, *, zones: int = 3, chargers: bool = False) -> None:
+        self.zones = zones
+        self.chargers = chargers
+        self._departures: dict[str, float] = {}  # ticket -> estimate
+        self._zone_of: dict[str, dict[SlotId, int]] = {}
+
+    def choose(self, tower: TowerView, size_class: SizeClass) -> SlotId | None:
+        """The slot for the car, by its zone; see the class docstring."""
+        zone_of = self._zones(tower)
+        departure = tower.expected_departure_s
+        known = self._departures
+        present = [
+            known[ticket]
+            for slot in tower.slots
+            if (ticket := tower.car_at(slot)) is not None and ticket in known
+        ]
+        if len(known) > 2 * len(present) + 64:
+            here = {tower.car_at(slot) for slot in tower.slots}
+            for ticket in [t for t in known if t not in here]:
+                del known[ticket]  # left (or in another tower: re-learned there)
+
+        if departure is None:
+            target = 0
+        else:
+            earlier = sum(1 for leaves in present if leaves < departure)
+            target = min(self.zones - 1, self.zones * earlier // (len(present) + 1))
+        order = sorted(range(self.zones), key=lambda z: (z < target, abs(z - target)))
+
+        chosen = self._pick(tower, size_class, zone_of, order)
+        if chosen is not None and departure is not None and tower.ticket is not None:
+            known[tower.ticket] = departure
+        return chosen
+
+    def _pick(
+        self,
+        tower: TowerView,
+        size_class: SizeClass,
+        zone_of: dict[SlotId, int],
+        order: list[int],
+    ) -> SlotId | None:
+        fitting = [
+            s
+            for s in tower.by_retrieval()
+            if tower.is_free(s) and tower.fits(s, size_class)
+        ]
+        own = [s for s in fitting if s.size is size_class] or fitting
+        wants = tower.wants_charger and self.chargers
+        for zone in order:
+            in_zone = [s for s in own if zone_of[s.id] == zone]
+            if not in_zone:
+                continue
+            if wants:
+                charging = [s for s in in_zone if s.charger]
+                if charging:
+                    return charging[0].id
+            elif self.chargers:
+                plain = [s for s in in_zone if not s.charger]
+                if plain:
+                    return plain[0].id
+            return in_zone[0].id
+        return None
+
+    def _zones(self, tower: TowerView) -> dict[SlotId, int]:
+        zone_of = self._zone_of.get(tower.tower)
+        if zone_of is None:
+            ranked = [s for s in tower.by_retrieval() if not s.disabled]
+            size = max(1, -(-len(ranked) // self.zones))
+            zone_of = {
+                s.id: min(i // size, self.zones - 1) for i, s in enumerate(ranked)
+            }
+            self._zone_of[tower.tower] = zone_of
+        return zone_of
