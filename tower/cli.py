@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from pathlib import Path
 
@@ -121,6 +122,13 @@ def _ctl(argv: list[str]) -> int:
     return main(argv)
 
 
+_OWN_PARSERS = {
+    "simctl": "sim.simctl:main",
+    "bench": "tower.bench:main",
+    "chaos": "tower.chaos:main",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tower", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default="info", help="debug, info, warning")
@@ -167,19 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("ctl", help="operator command (see: tower ctl --help)")
     sub.add_parser("simctl", help="visitors and faults for `tower sim` (see --help)")
+    sub.add_parser("bench", help="the zoo-day benchmark (see: tower bench --help)")
+    sub.add_parser("chaos", help="the crash test (see: tower chaos --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `ctl` and `simctl` have their own parsers: hand them what follows the word.
-    if "simctl" in argv:
-        from sim.simctl import main as simctl
-
-        index = argv.index("simctl")
-        if all(a.startswith("-") for a in argv[:index]):
-            logs.configure("warning")
-            return simctl(argv[index + 1 :])
+    # These commands have their own parsers: hand them what follows the word.
+    for word, target in _OWN_PARSERS.items():
+        if word in argv:
+            index = argv.index(word)
+            if all(a.startswith("-") for a in argv[:index]):
+                logs.configure("warning")
+                module, _, name = target.partition(":")
+                command = getattr(importlib.import_module(module), name)
+                return command(argv[index + 1 :])
     if "ctl" in argv:
         index = argv.index("ctl")
         if all(a.startswith("-") for a in argv[:index]):
