@@ -6,12 +6,16 @@ and the PLC got none, half (target and sequence) or all of the command. The
 plant runs on while the controller is down; with the watchdog on, a PLC stops
 its running motion when the dead controller's heartbeat stops. The restart
 is a new `SiteCore` from `RestoredState.from_records(records)` against the
-same plant, fed a full poll. A crash can come again during the recovery.
+same plant, with a new sequencer of the same kind (a restarted process keeps
+nothing but its journal), fed a full poll. A crash can come again during the
+recovery. Both sequencers run: the whole-path one and the pipelined one, whose
+jobs hold their path piece by piece and which relocates cars when idle.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from corekit import small_site
@@ -23,11 +27,19 @@ from sim.harness import Harness
 from sim.plant import Car
 from tower.core import RestoredState, SiteCore
 from tower.core.actions import SendCommand
-from tower.core.records import StepIntent, TicketIssued
+from tower.core.model import SlotId
+from tower.core.records import JobCreated, JobKind, StepIntent, TicketIssued
+from tower.core.sequencer import FcfsWholePath, Pipelined, Sequencer
 from tower.store.journal import Journal
 
 TOWER = "tower-a"
 CUTS = ("before", "target", "after")
+SEQUENCERS: dict[str, Callable[[], Sequencer]] = {
+    "whole_path": FcfsWholePath,
+    "pipelined": lambda: Pipelined(
+        relocate_quiet_s=0, relocate_lead_s=0, relocate_gain_s=0.1
+    ),
+}
 
 
 class Crash(Exception):
@@ -38,8 +50,14 @@ class Crasher:
     """Kills the core at chosen command writes (counted from 0, resets not
     counted) and restarts it from what it journaled."""
 
-    def __init__(self, h: Harness, plan: list[tuple[int, str, float, float | None]]):
+    def __init__(
+        self,
+        h: Harness,
+        plan: list[tuple[int, str, float, float | None]],
+        sequencer: Callable[[], Sequencer] = FcfsWholePath,
+    ):
         self.h = h
+        self.sequencer = sequencer
         # write index -> (how much of it lands, downtime_s, watchdog_s or None)
         self.plan = {index: rest for index, *rest in plan}
         self.writes = 0
@@ -93,7 +111,12 @@ class Crasher:
         plant.watch_heartbeat = False
         h.now = plant.now
         restored = RestoredState.from_records(h.records)
-        h.core = SiteCore(h.site, restored=restored, heartbeat_timeout_s=None)
+        h.core = SiteCore(
+            h.site,
+            restored=restored,
+            sequencer=self.sequencer(),
+            heartbeat_timeout_s=None,
+        )
         h.poll()
 
 
@@ -209,20 +232,21 @@ crash = st.tuples(
 @given(
     cars=st.lists(arrival, min_size=1, max_size=6),
     crashes=st.lists(crash, max_size=5, unique_by=lambda c: c[0]),
+    sequencer=st.sampled_from(sorted(SEQUENCERS)),
 )
-def test_crash_anywhere_loses_no_car_and_repeats_no_motion(cars, crashes):
+def test_crash_anywhere_loses_no_car_and_repeats_no_motion(cars, crashes, sequencer):
     """A random day, the controller killed at random commands (some during
     the recovery from the last kill), with random downtimes, some longer than
     the PLC watchdog: no car is lost, no motion runs twice, the core and the
     plant agree on every slot, and every job completes or is held with an
     alarm; without the watchdog, none is held."""
-    h = Harness(site())
+    h = Harness(site(), sequencer=SEQUENCERS[sequencer]())
     h.after_step.append(check_agreement)
-    crasher = Crasher(h, crashes)
+    crasher = Crasher(h, crashes, SEQUENCERS[sequencer])
     tickets = []
     for i, (bay, at, size, driver_s, visit_s) in enumerate(cars):
         car = Car(f"c{i}", height_mm=HEIGHTS[size], driver_time_s=driver_s)
-        ticket = h.arrive(TOWER, bay, car, at=at)
+        ticket = h.arrive(TOWER, bay, car, at=at, expected_departure_s=at + visit_s)
         h.retrieve(ticket, at=at + visit_s, retry_s=30)
         tickets.append(ticket)
 
@@ -237,3 +261,38 @@ def test_crash_anywhere_loses_no_car_and_repeats_no_motion(cars, crashes):
         issued = {r.ticket for r in h.records if isinstance(r, TicketIssued)}
         assert h.core.jobs() == []
         assert set(h.delivered) == issued
+
+
+class FarSlot:
+    """An allocator that parks the car in the slot farthest from the lift."""
+
+    def choose(self, view, size):
+        return SlotId.parse("03-02-R")
+
+
+def test_crash_during_a_relocation_resumes_it():
+    """The pipelined sequencer relocates a car parked far up, the tower being
+    idle; the controller is killed at each command of the relocation in turn
+    (a store takes the first 12): the relocation ends, the car is where the
+    plant has it, and it still comes back to its visitor."""
+    hit = 0
+    for index in range(12, 24):
+        h = Harness(site(), allocator=FarSlot(), sequencer=SEQUENCERS["pipelined"]())
+        crasher = Crasher(h, [(index, "after", 5.0, None)], SEQUENCERS["pipelined"])
+        ticket = h.arrive(
+            TOWER, "bay-1", Car("c1", driver_time_s=10), expected_departure_s=3_000
+        )
+        crasher.run(2_500)
+        h.retrieve(ticket, retry_s=30)
+        crasher.run(6_000)
+
+        relocations = [
+            r for r in h.records if isinstance(r, JobCreated)
+            and r.kind is JobKind.RELOCATE
+        ]  # fmt: skip
+        check_outcome(h, [ticket])
+        assert relocations, index
+        assert h.delivered == {ticket: "c1"}, index
+        assert not h.core.jobs()
+        hit += crasher.crashes
+    assert hit >= 8

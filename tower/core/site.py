@@ -1292,6 +1292,7 @@ class SiteCore:
             except IllegalTransition as err:
                 note = (place, "car_conflict", f"car {ticket} not restored: {err}")
                 notes.setdefault(tower_id, []).append(note)
+        wanted: dict[str, set[str]] = {}  # job id -> devices it still needs
         for rjob in restored.jobs:
             self._latched_before |= {(r.tower, r.device) for r in rjob.results}
             t = self.towers.get(rjob.tower)
@@ -1299,8 +1300,9 @@ class SiteCore:
                 continue
             job = self._new_job(t, rjob.job_id, rjob.kind, rjob.ticket)
             job.restored = True
-            why = self._rebuild(t, job, rjob)
+            why = self._rebuild(t, job, rjob, wanted)
             if why is not None:
+                wanted.pop(job.id, None)
                 self._hold_restored(t, job, rjob, why)
         for car in self.inventory.cars.values():
             t = self.towers.get(car.tower)
@@ -1309,9 +1311,41 @@ class SiteCore:
             on_device = car.place in t.links and car.place not in t.bays
             if on_device and car.ticket not in self._ticket_jobs:
                 t.stranded.add(car.place)
+        self._reserve_rest(wanted)
 
-    def _rebuild(self, t: _Tower, job: Job, rjob: RestoredJob) -> str | None:
-        """Rebuild an open job from its journal records; why not, or None."""
+    def _reserve_rest(self, wanted: dict[str, set[str]]) -> None:
+        """The second pass of restoring reservations (see `_rebuild`).
+
+        A running job whose remaining devices are all free holds them again,
+        as a whole-path sequencer had it; otherwise it waits for them through
+        the sequencer like any partly reserved job (`_Tower.partial`).
+        """
+        for job_id, devices in wanted.items():
+            job = self.open_jobs.get(job_id)
+            if job is None or job.state is not JobState.RUNNING:
+                continue
+            t = self.towers[job.tower]
+            rest = devices - job.holds
+            free = all(d not in t.holders and d not in t.stranded for d in rest)
+            if job.kind is JobKind.RETRIEVE and job.bay is None:
+                t.partial.add(job.id)  # its bay is for the sequencer to choose
+            elif rest and free:
+                for device in sorted(rest):
+                    self._hold(t, job, device)
+            elif rest:
+                t.partial.add(job.id)
+
+    def _rebuild(
+        self, t: _Tower, job: Job, rjob: RestoredJob, wanted: dict[str, set[str]]
+    ) -> str | None:
+        """Rebuild an open job from its journal records; why not, or None.
+
+        Reservations come back in two passes, so that they never depend on
+        the sequencer that made them: here, every device the job has in use
+        (a step on it started, another still to do: it was held at the
+        crash, so two restored jobs never claim one); in `_reserve_rest`,
+        the devices it will still need (`wanted`).
+        """
         intents = {intent.step: intent for intent in rjob.intents}  # last counts
         outcome = {(r.step, r.seq): r for r in rjob.results}
         made = self._restored_plan(t, job, rjob, intents, outcome)
@@ -1358,13 +1392,19 @@ class SiteCore:
                 return f"the car is at {car.place}, its done steps put it at {place}"
 
         job.machine = job_machine(job.id, state)
-        # What the job holds now: a running plan, every device a step not yet
-        # done involves (the others were released); before it, its bay.
         devices = set()
         if state in _RELEASING:
-            for step in job.steps:
-                if step.state is not StepState.DONE:
-                    devices.update(step.devices)
+            remaining = {d for s in job.steps if s.state is not StepState.DONE
+                         for d in s.devices}  # fmt: skip
+            started = {d for s in job.steps if s.state is not StepState.PENDING
+                       for d in s.devices}  # fmt: skip
+            devices = remaining & started
+            if car is not None and car.place in t.links:
+                devices.add(car.place)
+            if job.kind is JobKind.RETRIEVE and job.bay is None:
+                remaining -= set(t.bays)  # planned through a provisional bay
+                devices -= set(t.bays)
+            wanted[job.id] = remaining
         elif job.bay is not None and (
             job.kind is JobKind.STORE or job.bay not in t.holders
         ):
@@ -1372,18 +1412,16 @@ class SiteCore:
         taken = sorted(d for d in devices if t.holders.get(d, job.id) != job.id)
         if taken:
             return f"{taken[0]} is held by job {t.holders[taken[0]]}"
-        if (
-            job.kind is JobKind.STORE
-            and job.slot is not None
-            and (
-                state not in _NO_CUSTODY
-                and car is not None
-                and car.place != str(job.slot)
-            )
-        ):
-            if not t.slots.is_free(t.slots.by_id[job.slot]):
-                return f"its slot {job.slot} is not free"
-            t.slots.reserve(job.slot, job.id)
+        destination = self._restored_destination(job, rjob, t, state, car)
+        if isinstance(destination, str):
+            return destination
+        # What a sequencer reads of the request (its hints are not journaled).
+        if job.kind is JobKind.STORE and job.bay is not None:
+            self._requests[job.id] = StoreRequested(t.id, job.bay, job.ticket, job.id)
+        elif job.kind is JobKind.RETRIEVE:
+            self._requests[job.id] = RetrieveRequested(job.ticket, job.id, job.bay)
+        if destination is not None:
+            t.slots.reserve(destination, job.id)
         for device in sorted(devices):
             self._hold(t, job, device)
 
@@ -1392,6 +1430,28 @@ class SiteCore:
             if step.state in (StepState.SENT, StepState.FAULT):
                 unresolved.append((job, step))
         return None
+
+    def _restored_destination(
+        self,
+        job: Job,
+        rjob: RestoredJob,
+        t: _Tower,
+        state: JobState,
+        car: Any,
+    ) -> SlotId | str | None:
+        """The slot a restored store or relocation must reserve again (its car
+        is not there yet), None, or why it cannot."""
+        if job.kind is JobKind.STORE and state not in _NO_CUSTODY:
+            slot_id = job.slot
+        elif job.kind is JobKind.RELOCATE:
+            slot_id = self._relocations.get(job.id)
+        else:
+            return None
+        if slot_id is None or car is None or car.place == str(slot_id):
+            return None
+        if not t.slots.is_free(t.slots.by_id[slot_id]):
+            return f"its slot {slot_id} is not free"
+        return slot_id
 
     def _restored_plan(
         self,
@@ -1443,9 +1503,20 @@ class SiteCore:
                 job.bay = rjob.destination
             if not intents:
                 return [], JobState.WAITING_PATH
-            if job.bay is None:
-                return "the journal has steps but no bay"
-            return [plan.retrieve(slot.id, t.bays[job.bay])], JobState.RUNNING
+            # A retrieve whose bay was not chosen yet ran through a
+            # provisional one (only steps that do not depend on it).
+            bay = t.bays[job.bay or t.bay_order[0]]
+            return [plan.retrieve(slot.id, bay)], JobState.RUNNING
+        if job.kind is JobKind.RELOCATE:
+            origin = t.slots.by_name.get(rjob.origin)
+            target = t.slots.by_name.get(rjob.destination)
+            if origin is None or target is None:
+                return f"its slots {rjob.origin!r}, {rjob.destination!r} are unknown"
+            job.slot = origin.id
+            self._relocations[job.id] = target.id
+            if not intents:
+                return [], JobState.WAITING_PATH
+            return [plan.relocate(origin.id, target.id)], JobState.RUNNING
         return f"{job.kind.value} jobs are not resumed"
 
     def _hold_restored(self, t: _Tower, job: Job, rjob: RestoredJob, why: str) -> None:
