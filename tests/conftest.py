@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from broker import Mosquitto
 
 # How long a test's tasks get to finish on their own after the test ends.
@@ -43,3 +44,15 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Give every test structlog's defaults back.
+
+    Commands run in-process (`tower chaos`, `tower bench`) configure logging for
+    the process: a level filter and the stream they were given, which pytest
+    closes after the test. Later tests must not log through either.
+    """
+    yield
+    structlog.reset_defaults()
