@@ -27,26 +27,35 @@ SEQUENCERS = {"fcfs": FcfsWholePath, "pipelined": Pipelined}
 ALLOCATORS = {"first-fit": FirstFit, "nearest": Nearest}
 
 
-def site(levels: int = 3) -> SiteConfig:
-    """A small tower (2 columns, tall slots on the top level) that fills up,
-    with its bays at different columns so a bay chosen late changes the plan."""
-    tower = TowerConfig(
-        id=TOWER,
-        levels=levels,
-        columns=2,
-        bays=[
-            BayConfig(id="bay-1", column=1, side=Side.LEFT),
-            BayConfig(id="bay-2", column=2, side=Side.RIGHT),
-        ],
-        zones=[Zone(levels=[levels], size="tall"), Zone(levels=[1], charger=True)],
+def site(levels: int = 3, towers: int = 1) -> SiteConfig:
+    """Small towers (2 columns, tall slots on the top level) that fill up, with
+    their bays at different columns so a bay chosen late changes the plan."""
+    return SiteConfig(
+        towers=[
+            TowerConfig(
+                id=TOWER if n == 0 else f"tower-{chr(ord('a') + n)}",
+                levels=levels,
+                columns=2,
+                bays=[
+                    BayConfig(id="bay-1", column=1, side=Side.LEFT),
+                    BayConfig(id="bay-2", column=2, side=Side.RIGHT),
+                ],
+                zones=[
+                    Zone(levels=[levels], size="tall"),
+                    Zone(levels=[1], charger=True),
+                ],
+                plc={"port_base": 15020 + 100 * n},
+            )
+            for n in range(towers)
+        ]
     )
-    return SiteConfig(towers=[tower])
 
 
 def check_agreement(h: Harness) -> None:
     """After each step: the core and the plant agree on every slot and car."""
-    parked = h.parked(TOWER)
-    assert parked == h.plant.slot_contents(TOWER)
+    for tower in h.site.towers:
+        parked = h.parked(tower.id)
+        assert parked == h.plant.slot_contents(tower.id)
     for ticket, car in h.core.inventory.cars.items():
         assert h.plant.locate(h.car_of[ticket]) == (car.tower, car.place)
 
@@ -68,14 +77,18 @@ visit = st.tuples(
     sequencer=st.sampled_from(sorted(SEQUENCERS)),
     allocator=st.sampled_from(sorted(ALLOCATORS)),
     levels=st.integers(min_value=2, max_value=4),
+    towers=st.integers(min_value=1, max_value=2),
     seed=st.integers(0, 2**16),
 )
-def test_random_days_always_complete(visits, sequencer, allocator, levels, seed):
-    """Arrivals and retrievals overlapping at random: every day ends (no
-    deadlock), every stored car reaches its own ticket's visitor, and no
-    domain error (a safety or inventory violation) occurs."""
+def test_random_days_always_complete(
+    visits, sequencer, allocator, levels, towers, seed
+):
+    """Arrivals and retrievals overlapping at random, on one tower or two: every
+    day ends (no deadlock, no wake-up lost), every stored car reaches its own
+    ticket's visitor, and no domain error (a safety or inventory violation)
+    occurs."""
     h = Harness(
-        site(levels),
+        site(levels, towers),
         seed=seed,
         allocator=ALLOCATORS[allocator](),
         sequencer=SEQUENCERS[sequencer](),
@@ -84,7 +97,8 @@ def test_random_days_always_complete(visits, sequencer, allocator, levels, seed)
     tickets = []
     for i, (bay, at, size, driver_s, stay_s, how, lead_s) in enumerate(visits):
         car = Car(f"c{i}", height_mm=HEIGHTS[size], driver_time_s=driver_s)
-        ticket = h.arrive(TOWER, bay, car, at=at, expected_departure_s=at + stay_s)
+        tower = h.site.towers[i % towers].id
+        ticket = h.arrive(tower, bay, car, at=at, expected_departure_s=at + stay_s)
         tickets.append(ticket)
         asked = at + stay_s
         if how == "kiosk":

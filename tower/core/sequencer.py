@@ -239,9 +239,11 @@ class Pipelined:
         self._moved: set[str] = set()  # tickets relocated once already
 
         self._wake: dict[str, float] = {}  # tower -> when a kiosk job activates
+        self._now = 0.0  # the latest core time seen, of any tower
 
     def admit(self, waiting: Sequence[Job], book: PathBook) -> list[Admission]:
         """The reservations to make now; see the class docstring."""
+        self._now = max(self._now, book.now)
         for job in waiting:
             request = book.request(job)
             if (
@@ -273,6 +275,7 @@ class Pipelined:
         it to end.
         """
         view, now = book.view, book.now
+        self._now = max(self._now, now)
         tower = view.tower
         if not self.relocate or book.jobs:
             self._busy_at[tower] = now
@@ -309,8 +312,14 @@ class Pipelined:
 
     def next_wake(self) -> float | None:
         """When a held-back kiosk retrieval becomes active or an idle tower
-        becomes quiet enough to relocate, the earliest; or None."""
-        return min([*self._wake.values(), *self._quiet_wake.values()], default=None)
+        becomes quiet enough to relocate, the earliest still to come; or None.
+
+        Each tower's times are renewed by its own rounds; one passed (its
+        tower had its round, or has nothing left to wait for) must not hide
+        another tower's time to come.
+        """
+        times = [*self._wake.values(), *self._quiet_wake.values()]
+        return min((t for t in times if t > self._now), default=None)
 
 
 class _Round:
