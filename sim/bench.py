@@ -520,6 +520,7 @@ def _measure(replay: _Replay, policy: Policy, cpu_total: float) -> RunResult:
         "bound_closing_wait_mean_s": _mean(r.bound_s for r in closing),
         "bound_peak_cars_per_h": bound_peak,
         "bound_queued_cars_per_h": queued["bound"],
+        "bound_queued_bay_cars_per_h": queued["bays"],
         "bound_bay_cars_per_h": bay_bound,
     }
     return RunResult(metrics, retrievals, _visitor_queue(retrievals))
@@ -575,8 +576,11 @@ def _queued_throughput(
             if r.released_s > r.visitor_s:
                 waits[times.tower].append((r.visitor_s, r.released_s, job_id))
 
-    total_s = jobs = bound_cycles = 0.0
+    configs = {t.id: t for t in replay.harness.site.towers}
+    total_s = jobs = bound_cycles = bay_rate_sum = 0.0
     for tower, spans in waits.items():
+        physics = configs[tower].physics
+        bay_times = []
         edges = sorted(
             [(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans],
             key=lambda x: (x[0], x[1]),
@@ -595,9 +599,23 @@ def _queued_throughput(
             if i >= 0 and periods[i][0] < end <= periods[i][1]:
                 jobs += 1
                 bound_cycles += cycle_s(job_id, tower)
-        total_s += sum(e - s for s, e in periods)
+                times = replay.harness.jobs[job_id]
+                car = replay.cars[replay.car_of_ticket[times.ticket]]
+                # The bay's own minimum per car: the driver's time in it, the
+                # check and one transfer.
+                driver = (
+                    car.driver_in_s
+                    if times.kind is JobKind.STORE
+                    else (car.driver_out_s)
+                )
+                bay_times.append(driver + physics.bay_check_s + physics.transfer_s)
+        span = sum(e - s for s, e in periods)
+        total_s += span
+        if bay_times:
+            bays = len(configs[tower].bays)
+            bay_rate_sum += span * bays * 3600.0 / _mean(bay_times)
     if total_s <= 0 or jobs == 0:
-        return {"rate": 0.0, "hours": 0.0, "ratio": 0.0, "bound": 0.0}
+        return {"rate": 0.0, "hours": 0.0, "ratio": 0.0, "bound": 0.0, "bays": 0.0}
     rate = 3600.0 * jobs / total_s
     bound = 3600.0 * jobs / bound_cycles
     return {
@@ -605,6 +623,7 @@ def _queued_throughput(
         "hours": total_s / 3600.0,
         "ratio": rate / bound,
         "bound": bound,
+        "bays": bay_rate_sum / total_s,
     }
 
 
@@ -683,6 +702,7 @@ SUMMARY_KEYS = (
     "bound_closing_wait_mean_s",
     "bound_peak_cars_per_h",
     "bound_queued_cars_per_h",
+    "bound_queued_bay_cars_per_h",
     "bound_bay_cars_per_h",
 )
 
@@ -766,7 +786,10 @@ def bounds_lines(summary: dict[str, Any]) -> list[str]:
             f"(closing >= {row['bound_closing_wait_mean_s']:.0f} s); lift cycles "
             f"<= {row['bound_peak_cars_per_h']:.0f} cars/h, bays <= "
             f"{row['bound_bay_cars_per_h']:.0f} retrievals/h; with a queue "
-            f"{row['queued_throughput_ratio']:.2f} of the lift bound; solo "
+            f"{row['queued_cars_per_h']:.0f} cars per tower-hour, "
+            f"{row['queued_throughput_ratio']:.2f} of the lift bound "
+            f"({row['bound_queued_cars_per_h']:.0f}), the bays allowing "
+            f"{row['bound_queued_bay_cars_per_h']:.0f}; solo "
             f"retrievals {row['solo_ratio_median']:.2f} x bound "
             f"({row['solo_within_10pct']:.0%} within 10 %)"
         )
