@@ -32,7 +32,9 @@ Rules that always hold:
   a new sequence, at most `MAX_RETRIES` times);
 - an operator may cancel a job only before its car moves: in `requested` and
   `waiting_path` (a measured car is handed back through `cancelling`), or in
-  `held`;
+  `held` once none of its commands is running (a held job whose car is in a
+  bay hands it back through `cancelling` too: only the bay's `release` runs,
+  the steps planned before the cancel are dead);
 - `held` is the job's fault state and `fault` the step's: an event without a
   transition lands there.
 """
@@ -104,6 +106,7 @@ JOB_TABLE: dict[tuple[JobState, JobEvent], JobState] = {
     # A step that ran in parallel faults too after the job was held.
     (S.HELD, E.STEP_FAULT): S.HELD,
     (S.HELD, E.CANCEL): S.CANCELLED,
+    (S.HELD, E.CANCEL_RETURN): S.CANCELLING,
 }
 """(state, event) -> next state of a job."""
 
@@ -216,19 +219,25 @@ class Job:
     finished_at: float | None = None
     plans: dict[str, list[Any]] = field(default_factory=dict)  # bay -> plan, cached
     restored: bool = False  # rebuilt from the journal at start
+    live_from: int = 0  # steps before this index are dead (planned before a cancel)
 
     @property
     def state(self) -> JobState:
         """The job's state."""
         return self.machine.state
 
+    @property
+    def live_steps(self) -> list[Step]:
+        """The steps that may still run: those planned since the last cancel."""
+        return self.steps[self.live_from :]
+
     def step_running(self) -> bool:
         """Whether any of its commands is out (sent or accepted)."""
         return any(s.state in (StepState.SENT, StepState.ACCEPTED) for s in self.steps)
 
     def plan_done(self) -> bool:
-        """Whether every step so far is done."""
-        return all(s.state is StepState.DONE for s in self.steps)
+        """Whether every live step is done."""
+        return all(s.state is StepState.DONE for s in self.live_steps)
 
 
 def job_machine(job_id: str, initial: JobState = JobState.REQUESTED) -> Machine:

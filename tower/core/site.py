@@ -157,6 +157,8 @@ _STEPPING = frozenset(
 )
 # Job states whose plan is final, so a device with no step left is released.
 _RELEASING = frozenset({JobState.RUNNING, JobState.RETURNING, JobState.CANCELLING})
+# Step states in which a step's command is out at its PLC.
+_OUT = frozenset({StepState.SENT, StepState.ACCEPTED})
 
 
 class _Tower:
@@ -444,22 +446,50 @@ class SiteCore:
             raise RequestRefused("unknown_job", f"no open job {event.job_id}")
         t = self.towers[job.tower]
         state = job.state
-        if state is JobState.WAITING_PATH and job.kind is JobKind.STORE:
+        handback = self._handback_bay(t, job)
+        measured = state is JobState.WAITING_PATH and job.kind is JobKind.STORE
+        if measured or (state is JobState.HELD and handback is not None):
             transition = JobEvent.CANCEL_RETURN
         elif state in (JobState.REQUESTED, JobState.WAITING_PATH, JobState.HELD):
             transition = JobEvent.CANCEL
         else:
             raise RequestRefused("job_running", f"job {job.id} is {state.value}")
+        running = [s.device for s in job.steps if s.state in _OUT]
+        if running:
+            # Its command may still move the car: wait for the PLC's verdict.
+            why = f"job {job.id} has a command running on {running[0]}; retry later"
+            raise RequestRefused("job_running", why)
+        if transition is JobEvent.CANCEL_RETURN and state is JobState.HELD:
+            assert handback is not None
+            holder = t.holders.get(handback, job.id)
+            if holder != job.id:
+                why = f"{handback} holds its car but is reserved by job {holder}"
+                raise RequestRefused("bay_busy", why)
 
         job.reason = "cancelled by operator"
         job.machine.fire(transition)
         self._unreserve(t, job)
         if job.state is JobState.CANCELLING:
-            assert job.bay is not None  # a store always has its bay
-            self._add_steps(job, plan.release(t.bays[job.bay]))
+            assert handback is not None
+            # Only the bay's release runs now; what was planned before is dead.
+            job.live_from = len(job.steps)
+            t.partial.discard(job.id)
+            if handback not in job.holds:
+                self._hold(t, job, handback)
+            self._add_steps(job, plan.release(t.bays[handback]))
+            self._release_done_devices(t, job)
         else:
             self._finish(t, job)
         return [t]
+
+    def _handback_bay(self, t: _Tower, job: Job) -> str | None:
+        """The bay a cancelled job must open for its driver: where its car is
+        (a store's car not measured yet is in its bay if the bay senses one)."""
+        car = self.inventory.cars.get(job.ticket)
+        if car is not None:
+            return car.place if car.place in t.bays else None
+        in_bay = job.bay is not None and t.links[job.bay].flag("vehicle_present")
+        return job.bay if job.kind is JobKind.STORE and in_bay else None
 
     def _on_mode(self, event: SetMode) -> list[_Tower]:
         t = self._tower(event.tower)
@@ -759,7 +789,7 @@ class SiteCore:
             return
         steps = job.steps
         gated = job.id in t.partial  # steps wait for their devices' reservation
-        for step in steps:
+        for step in job.live_steps:
             if step.state is not StepState.PENDING:
                 continue
             if any(steps[i].state is not StepState.DONE for i in step.after):
@@ -893,7 +923,8 @@ class SiteCore:
 
     def _release_done_devices(self, t: _Tower, job: Job) -> None:
         for device in list(job.holds):
-            if all(s.state is StepState.DONE for s in job.steps if device in s.devices):
+            live = job.live_steps
+            if all(s.state is StepState.DONE for s in live if device in s.devices):
                 job.holds.discard(device)
                 if t.holders.get(device) == job.id:
                     del t.holders[device]
