@@ -21,6 +21,11 @@ with what the sensors say:
 Only then does the tower go to `auto`. A job that touches a place with a
 disagreement is held for an operator, with an alarm naming its ticket.
 
+Before any of that, `check_towers()` refuses a journal with cars, open jobs
+or blocked slots in a tower the site file does not name (a tower removed or
+renamed by mistake): the core would not know where those cars are, so it does
+not start (`UnknownTowers`), and the journal is left as it is.
+
 `RestoredState.from_journal` reads `Journal.restored_state()`;
 `RestoredState.from_records` replays journal records the way the journal
 applies them, for tests that crash a core without a file.
@@ -32,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tower.config import SizeClass
+from tower.config import SiteConfig, SizeClass
 from tower.core.inventory import Inventory, TowerSlots
 from tower.core.link import DeviceLink
 from tower.core.model import SlotId
@@ -50,6 +55,38 @@ from tower.core.records import (
     TicketClosed,
     TicketIssued,
 )
+from tower.errors import TowerError
+
+
+class UnknownTowers(TowerError):
+    """Raised when the journal holds cars or jobs of towers the site lacks."""
+
+
+def check_towers(restored: RestoredState, site: SiteConfig) -> None:
+    """Raise `UnknownTowers` naming each tower the journal has cars, open
+    jobs or blocked slots in that `site` does not name."""
+    known = {t.id for t in site.towers}
+    found: dict[str, list[int]] = {}  # tower -> [cars, open jobs, blocked slots]
+    for tower, _place, _size in restored.cars.values():
+        found.setdefault(tower, [0, 0, 0])[0] += 1
+    for job in restored.jobs:
+        found.setdefault(job.tower, [0, 0, 0])[1] += 1
+    for tower, _slot in restored.blocked:
+        found.setdefault(tower, [0, 0, 0])[2] += 1
+    unknown = sorted(set(found) - known)
+    if not unknown:
+        return
+    parts = []
+    for tower in unknown:
+        cars, jobs, blocked = found[tower]
+        parts.append(
+            f"tower {tower!r}: {cars} cars, {jobs} open jobs, {blocked} blocked slots"
+        )
+    names = ", ".join(sorted(known))
+    raise UnknownTowers(
+        f"the journal has {'; '.join(parts)}, but the site file names only "
+        f"{names}; put the tower back in the site file (the journal is left as is)"
+    )
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,13 @@ from tower.core.records import (
     TicketClosed,
     TicketIssued,
 )
-from tower.core.restore import Finding, RestoredJob, RestoredState, reconcile
+from tower.core.restore import (
+    Finding,
+    RestoredJob,
+    RestoredState,
+    check_towers,
+    reconcile,
+)
 from tower.core.safety import check_command
 from tower.core.sequencer import FcfsWholePath, Sequencer
 from tower.core.tower import MOTION_STATES, TowerEvent, TowerState, tower_machine
@@ -272,7 +278,8 @@ class SiteCore:
     """The sans-IO core of one site. See the module docstring.
 
     `allocator` chooses slots (default `FirstFit`), `sequencer` admits jobs
-    (default `FcfsWholePath`), `restored` is the journal's state at start.
+    (default `FcfsWholePath`), `restored` is the journal's state at start
+    (`UnknownTowers` if it has cars or jobs of towers `site` does not name).
     `heartbeat_timeout_s=None` turns the heartbeat watch off, for a plant model
     that reports changes only.
     """
@@ -316,6 +323,7 @@ class SiteCore:
         self._out: list[Action] = []
         self._now = 0.0
         if restored is not None:
+            check_towers(restored, site)
             self._restore(restored)
 
     # -- the one way in ------------------------------------------------------
@@ -1011,6 +1019,12 @@ class SiteCore:
             link.online = False
             link.offline_reason = reason
             self._alarm(t, link.name, "device_offline", f"{link.name}: {reason}")
+        elif link.status is None:
+            # Never answered since the controller started: the tower cannot
+            # leave `starting` without it, so say which device and why.
+            link.offline_reason = reason
+            message = f"{link.name} has not answered since start: {reason}"
+            self._alarm(t, link.name, "device_offline", message)
 
     def _try_start(self, t: _Tower) -> None:
         """In `starting`: once every device has reported, reconcile and go on.
