@@ -601,6 +601,36 @@ class Plant:
             self._mark(site_tower.devices[place])
         self._mark_level(site_tower, place)
 
+    def move_by_hand(self, car_id: str, place: str | None) -> None:
+        """A person moves a car to another place of its tower (None: out of
+        the tower altogether), as maintenance does in manual mode. The
+        plant's own devices must not be running a command on it."""
+        found = self._where.get(car_id)
+        if found is None:
+            raise PlantError(f"car {car_id} is not in the plant")
+        tower, old = found
+        site_tower = self._tower(tower)
+        busy = [d.name for d in site_tower.devices.values() if d.op is not None]
+        if busy:
+            raise PlantError(f"{', '.join(busy)} still moving: stop it first")
+        if place is not None:
+            if place in site_tower.places:
+                holder = site_tower.places[place]
+                raise PlantError(f"{tower}/{place} already holds {holder}")
+            if place not in self._all_places(site_tower):
+                raise PlantError(f"{tower} has no place {place!r}")
+        self._remove(tower, old, car_id)
+        if place is None:
+            del self._cars[car_id]
+        else:
+            self._put(tower, place, car_id)
+        for at in (old, place):
+            if at is None:
+                continue
+            if at in site_tower.devices:
+                self._mark(site_tower.devices[at])
+            self._mark_level(site_tower, at)
+
     # -- operator and test controls --------------------------------------------
 
     def press_estop(self, tower: str) -> None:

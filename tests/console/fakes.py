@@ -24,6 +24,9 @@ COMMANDS = {
     "reset": Role.OPERATOR,
     "crash_op": Role.OPERATOR,
     "mode": Role.MAINTENANCE,
+    "place": Role.MAINTENANCE,
+    "remove": Role.MAINTENANCE,
+    "unblock": Role.MAINTENANCE,
 }
 
 STATUS = {
@@ -131,6 +134,9 @@ class FakeService:
             "cancel": {"cancelled": args.get("job_id")},
             "reset": {"reset": args.get("tower")},
             "mode": {"tower": args.get("tower"), "mode": args.get("mode")},
+            "place": {"placed": args.get("place")},
+            "remove": {"removed": True},
+            "unblock": {"tower": args.get("tower"), "unblocked": args.get("slot")},
         }
         return results[cmd]
 

@@ -176,6 +176,21 @@ async def test_alarms_prints_a_table(env: dict[str, str]) -> None:
             ("cancel", {"job_id": "j-1a2b3c"}),
             "job j-1a2b3c cancelled\n",
         ),
+        (
+            ["place", "H3TR-8WXY-2MNP", "02-02-R"],
+            ("place", {"ticket": "H3TR-8WXY-2MNP", "place": "02-02-R"}),
+            "the inventory has the car at 02-02-R now\n",
+        ),
+        (
+            ["remove", "H3TR-8WXY-2MNP"],
+            ("remove", {"ticket": "H3TR-8WXY-2MNP"}),
+            "the car is out of custody; its ticket is closed\n",
+        ),
+        (
+            ["unblock", "tower-a/01-02-R"],
+            ("unblock", {"tower": "tower-a", "slot": "01-02-R"}),
+            "tower-a/01-02-R is back in service\n",
+        ),
     ],
 )
 async def test_tower_commands_send_their_arguments(
@@ -185,7 +200,8 @@ async def test_tower_commands_send_their_arguments(
     sent: tuple,
     printed: str,
 ) -> None:
-    """mode, reset and cancel send what was typed and confirm in a sentence."""
+    """mode, reset, cancel and the hand corrections send what was typed and
+    confirm in a sentence."""
     run = await run_ctl(argv, env)
 
     assert (run.code, run.out) == (0, printed)
@@ -265,6 +281,8 @@ async def test_no_token_exits_2(server: ControlServer) -> None:
         ["store", "tower-a"],
         ["store", "tower-a/bay-1/x"],
         ["mode", "tower-a", "fast"],
+        ["unblock", "01-02-R"],
+        ["place", "H3TR-8WXY-2MNP"],
     ],
 )
 async def test_usage_errors_exit_2(env: dict[str, str], argv: list[str]) -> None:

@@ -58,6 +58,15 @@ def _tower_bay(text: str) -> tuple[str, str]:
     return tower, bay
 
 
+def _tower_slot(text: str) -> tuple[str, str]:
+    tower, sep, slot = text.partition("/")
+    if not sep or not tower or not slot or "/" in slot:
+        raise argparse.ArgumentTypeError(
+            f"expected TOWER/SLOT, e.g. tower-a/03-02-L: {text!r}"
+        )
+    return tower, slot
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tower ctl",
@@ -112,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("mode", choices=["auto", "manual"])
     reset = sub.add_parser("reset", parents=[late], help="reset a tower after a fault")
     reset.add_argument("tower")
+    place = sub.add_parser(
+        "place",
+        parents=[late],
+        help="maintenance, in manual: say where you moved a car by hand",
+    )
+    place.add_argument("ticket")
+    place.add_argument("place", help="slot (e.g. 03-02-L), bay or device of its tower")
+    remove = sub.add_parser(
+        "remove",
+        parents=[late],
+        help="maintenance, in manual: a car left the tower by hand (ticket closes)",
+    )
+    remove.add_argument("ticket")
+    unblock = sub.add_parser(
+        "unblock",
+        parents=[late],
+        help="maintenance: return a blocked slot to service once its sensor agrees",
+    )
+    unblock.add_argument("slot", type=_tower_slot, metavar="TOWER/SLOT")
     return parser
 
 
@@ -134,6 +162,13 @@ def _command(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return name, {"tower": args.tower, "mode": args.mode}
     if name == "reset":
         return name, {"tower": args.tower}
+    if name == "place":
+        return name, {"ticket": args.ticket, "place": args.place}
+    if name == "remove":
+        return name, {"ticket": args.ticket}
+    if name == "unblock":
+        tower, slot = args.slot
+        return name, {"tower": tower, "slot": slot}
     return name, {}
 
 
@@ -346,6 +381,18 @@ def format_cancel(result: dict[str, Any]) -> str:
     return f"job {result.get('cancelled') or result.get('job_id')} cancelled"
 
 
+def format_place(result: dict[str, Any]) -> str:
+    return f"the inventory has the car at {result.get('placed')} now"
+
+
+def format_remove(result: dict[str, Any]) -> str:
+    return "the car is out of custody; its ticket is closed"
+
+
+def format_unblock(result: dict[str, Any]) -> str:
+    return f"{result.get('tower')}/{result.get('unblocked')} is back in service"
+
+
 def format_other(result: dict[str, Any]) -> str:
     return (
         "\n".join(f"{key}: {_cell(value)}" for key, value in result.items()) or "done"
@@ -362,6 +409,9 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "mode": format_mode,
     "reset": format_reset,
     "cancel": format_cancel,
+    "place": format_place,
+    "remove": format_remove,
+    "unblock": format_unblock,
 }
 
 

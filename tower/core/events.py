@@ -107,6 +107,32 @@ class CancelJob:
     job_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class PlaceCar:
+    """Maintenance states where a car is now, after moving it by hand in manual
+    mode: a slot, a bay or a device of its tower."""
+
+    ticket: str
+    place: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveCar:
+    """Maintenance states that a car has left the tower by hand (not through a
+    bay's release): its ticket closes."""
+
+    ticket: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnblockSlot:
+    """Maintenance returns a blocked slot to service, its sensor and the
+    inventory agreeing again."""
+
+    tower: str
+    slot: str
+
+
 Event = (
     StoreRequested
     | RetrieveRequested
@@ -117,4 +143,7 @@ Event = (
     | SetMode
     | ResetTower
     | CancelJob
+    | PlaceCar
+    | RemoveCar
+    | UnblockSlot
 )

@@ -94,13 +94,16 @@ from tower.core.events import (
     DeviceOffline,
     DeviceStatus,
     Event,
+    PlaceCar,
+    RemoveCar,
     ResetTower,
     RetrieveRequested,
     SetMode,
     StoreRequested,
     Tick,
+    UnblockSlot,
 )
-from tower.core.inventory import Inventory, TowerSlots
+from tower.core.inventory import Car, Inventory, TowerSlots
 from tower.core.job import (
     MAX_RETRIES,
     OUTCOMES,
@@ -125,6 +128,7 @@ from tower.core.records import (
     JobKind,
     Record,
     SlotBlocked,
+    SlotUnblocked,
     StepIntent,
     StepResult,
     TicketClosed,
@@ -272,6 +276,26 @@ class _Book:
 
     def car_at(self, place: str) -> str | None:
         return self._core.inventory.at(self._tower.id, place)
+
+    @property
+    def car_changes(self) -> int:
+        return self._core.inventory.changes
+
+    def position_of(self, device: str) -> int | None:
+        t = self._tower
+        if device in t.holders or device in t.stranded:
+            return None
+        link = t.links.get(device)
+        if (
+            link is None
+            or link.kind == "bay"
+            or not link.ready
+            or self._core.inventory.at(t.id, device) is not None
+            or link.flag("loaded")
+        ):
+            return None
+        where = (link.status or {}).get("level" if link.kind == "lift" else "column")
+        return where if isinstance(where, int) else None
 
 
 class SiteCore:
@@ -520,6 +544,123 @@ class SiteCore:
         self._tower_fire(t, TowerEvent.RESET)
         return [t]
 
+    # -- operator corrections --------------------------------------------------
+    #
+    # What a person did by hand, stated by maintenance. The core never takes
+    # a sensor's word over the journal on its own; here a person vouches for
+    # the change, each one checked against the sensors and journaled (and
+    # audited by the control socket). Back in auto the tower reconciles again.
+
+    def _on_place_car(self, event: PlaceCar) -> list[_Tower]:
+        t, car = self._hand_moved(event.ticket)
+        place = event.place
+        if place == car.place:
+            raise RequestRefused("same_place", f"the car is at {place} already")
+        slot = t.slots.by_name.get(place)
+        if slot is None and place not in t.links:
+            raise RequestRefused(
+                "unknown_place", f"{t.id} has no slot or device {place!r}"
+            )
+        other = self.inventory.at(t.id, place)
+        if other is not None:
+            raise RequestRefused("place_taken", f"another car is at {place}")
+        if slot is not None:
+            if slot.disabled:
+                raise RequestRefused("slot_disabled", f"slot {place} is not in use")
+            if slot.id in t.slots.reserved:
+                job = t.slots.reserved[slot.id]
+                raise RequestRefused(
+                    "slot_reserved", f"slot {place} is reserved by job {job}"
+                )
+            if not self.sizes.fits(slot.size, car.size):
+                sizes = f"{slot.size.value}, the car {car.size.value}"
+                why = f"slot {place} is too small ({sizes})"
+                raise RequestRefused("slot_too_small", why)
+        self._check_sensed(t, place, present=True)
+        self._check_sensed(t, car.place, present=False)
+        old = car.place
+        self.inventory.move(car.ticket, place)
+        self._persist(CarMoved(car.ticket, t.id, place))
+        t.dirty = True
+        self._after_hand_move(t, old)
+        self._settle_slot(t, place)
+        return [t]
+
+    def _on_remove_car(self, event: RemoveCar) -> list[_Tower]:
+        t, car = self._hand_moved(event.ticket)
+        self._check_sensed(t, car.place, present=False)
+        self.inventory.remove(car.ticket)
+        self._persist(TicketClosed(car.ticket))
+        t.dirty = True
+        self._after_hand_move(t, car.place)
+        return [t]
+
+    def _on_unblock(self, event: UnblockSlot) -> list[_Tower]:
+        t = self._tower(event.tower)
+        slot = t.slots.by_name.get(event.slot)
+        if slot is None:
+            raise RequestRefused("unknown_slot", f"{t.id} has no slot {event.slot!r}")
+        if slot.id not in t.slots.blocked:
+            raise RequestRefused("not_blocked", f"slot {event.slot} is not blocked")
+        held = self._car_at(t)(event.slot) is not None
+        self._check_sensed(t, event.slot, present=held)
+        self._settle_slot(t, event.slot)
+        return [t]
+
+    def _hand_moved(self, ticket: str) -> tuple[_Tower, Car]:
+        """The tower and car a hand correction is about, once it may be made."""
+        car = self.inventory.cars.get(ticket)
+        if car is None:
+            raise RequestRefused("unknown_ticket", "no car in custody has that ticket")
+        job_id = self._ticket_jobs.get(ticket)
+        if job_id is not None:
+            raise RequestRefused(
+                "ticket_in_use", f"job {job_id} has the car: cancel it first"
+            )
+        t = self._tower(car.tower)
+        if t.state is not TowerState.MANUAL:
+            why = (
+                f"{t.id} is {t.state.value}: cars are moved by hand in manual mode only"
+            )
+            raise RequestRefused("tower_not_manual", why)
+        return t, car
+
+    def _check_sensed(self, t: _Tower, place: str, *, present: bool) -> None:
+        """Refuse unless the sensor of `place` shows a car (or none)."""
+        slot = t.slots.by_name.get(place)
+        device = f"shuttle-{slot.id.level}" if slot is not None else place
+        link = t.links[device]
+        if link.status is None or not link.online:
+            why = f"{device} has not reported: its sensors cannot confirm {place}"
+            raise RequestRefused("not_sensed", why)
+        if self._sensed(t, place) != present:
+            shows = "a car" if not present else "no car"
+            raise RequestRefused(
+                "sensor_disagrees", f"the sensor at {place} shows {shows}"
+            )
+
+    def _after_hand_move(self, t: _Tower, old: str) -> None:
+        """A car left `old` by hand: a device it was stranded on is usable
+        again, a slot it was blocked in may agree again."""
+        if old in t.stranded:
+            t.stranded.discard(old)
+            self._clear(t, old, "car_stranded")
+        self._settle_slot(t, old)
+
+    def _settle_slot(self, t: _Tower, place: str) -> None:
+        """Unblock a blocked slot whose sensor and inventory agree again."""
+        slot = t.slots.by_name.get(place)
+        if slot is None or slot.id not in t.slots.blocked:
+            return
+        held = self._car_at(t)(place) is not None
+        if self._sensed(t, place) != held:
+            return
+        del t.slots.blocked[slot.id]
+        t.dirty = True
+        self._persist(SlotUnblocked(t.id, place))
+        for _tower, device, code in [k for k in self.alarms if k[:2] == (t.id, place)]:
+            self._clear(t, device, code)
+
     # -- devices and time ------------------------------------------------------
 
     def _on_status(self, event: DeviceStatus) -> list[_Tower]:
@@ -686,6 +827,7 @@ class SiteCore:
             return
         try:
             self._housekeep(t)
+            self._position(t)
             self._admit(t)
         except IllegalTransition as err:
             self._domain_error(t, err)
@@ -771,6 +913,52 @@ class SiteCore:
                 )
             )
             job.machine.fire(JobEvent.QUEUED)
+
+    def _position(self, t: _Tower) -> None:
+        """The positionings the sequencer asks for become jobs; stale ones go.
+
+        A position job moves one idle device, with no car, to a column (a
+        shuttle) or a level (the lift). It is journaled like any job and
+        holds its device for its one `move`, sent at once through the same
+        safety check as every command; a job that then wants the device waits
+        for the move's end. One whose move is not out (it could not start at
+        once, a restart found it never latched, or the PLC stopped it for a
+        lost heartbeat and the device was reset) is dropped, never sent late:
+        by then the device may be wanted, or wanted elsewhere. Its id is
+        made here, from the tower, the device, the device's last sequence
+        (journaled, so it goes on across restarts) and the time.
+        """
+        for job in [j for j in t.jobs if j.kind is JobKind.POSITION]:
+            if job.state is JobState.WAITING_PATH or (
+                job.state is JobState.RUNNING
+                and all(s.state is StepState.PENDING for s in job.steps)
+            ):
+                self._drop_position(t, job, "its move is not out")
+        propose = getattr(self.sequencer, "positions", None)
+        if propose is None:
+            return
+        book = _Book(self, t)
+        for device, target in propose(book):
+            here = book.position_of(device)
+            if here is None or here == target or t.links[device].kind == "bay":
+                why = f"bad positioning of {device} (at {here}) to {target}"
+                raise IllegalTransition("sequencer", why, device)
+            link = t.links[device]
+            job_id = f"position-{t.id}-{device}-{link.seq}-{round(self._now * 1000)}"
+            job = self._new_job(t, job_id, JobKind.POSITION, "")
+            self._persist(
+                JobCreated(job.id, t.id, JobKind.POSITION, "", device, str(target))
+            )
+            job.machine.fire(JobEvent.QUEUED)
+            self._hold(t, job, device)
+            self._add_steps(job, plan.position(device, target))
+            job.machine.fire(JobEvent.ADMITTED)
+
+    def _drop_position(self, t: _Tower, job: Job, why: str) -> None:
+        """Give up a positioning job whose move is not out; nothing moved."""
+        job.reason = f"dropped: {why}"
+        job.machine.fire(JobEvent.DROP)
+        self._finish(t, job)
 
     def _rebind(self, t: _Tower, job: Job) -> None:
         """A retrieve planned through a provisional bay got its own: the steps
@@ -903,7 +1091,8 @@ class SiteCore:
     def _new_job(self, t: _Tower, job_id: str, kind: JobKind, ticket: str) -> Job:
         job = Job(job_id, t.id, kind, ticket, job_machine(job_id), self._now)
         self.open_jobs[job_id] = job
-        self._ticket_jobs[ticket] = job_id
+        if ticket:  # a positioning job has none
+            self._ticket_jobs[ticket] = job_id
         t.jobs.append(job)
         return job
 
@@ -1265,9 +1454,11 @@ class SiteCore:
         car and devices, or None when they agree."""
         car = self.inventory.cars.get(job.ticket)
         place = car.place if car is not None else job.bay
-        if place is None:
+        if job.kind is JobKind.POSITION:
+            pass  # no car: only its device's `loaded` flag below
+        elif place is None:
             return f"the place of car {job.ticket} is unknown"
-        if not self._sensed(t, place):
+        elif not self._sensed(t, place):
             return f"the journal has car {job.ticket} at {place}, it shows none"
         to = step.car_to
         if to is not None and to != place and self._sensed(t, to):
@@ -1318,6 +1509,8 @@ class SiteCore:
         """Hold a restored job the start could not prove, with an alarm."""
         job.machine.to_fault()
         job.reason = f"open at restart; car {job.ticket} at {self._place_of(job)}"
+        if job.kind is JobKind.POSITION:
+            job.reason = "open at restart"
         job.reason += f": {why}"
         message = f"job {job.id} ({job.kind.value}) {job.reason}; held"
         self._alarm(t, job.id, "job_open", message)
@@ -1423,7 +1616,9 @@ class SiteCore:
 
         car = self.inventory.cars.get(job.ticket)
         job.size = car.size if car is not None else None
-        if job.kind is JobKind.STORE and state in _NO_CUSTODY:
+        if job.kind is JobKind.POSITION:
+            pass  # no car: its device's `loaded` flag is reconciled at start
+        elif job.kind is JobKind.STORE and state in _NO_CUSTODY:
             if car is not None:
                 return f"the car is at {car.place} before its bay check ended"
         else:
@@ -1449,6 +1644,10 @@ class SiteCore:
             if job.kind is JobKind.RETRIEVE and job.bay is None:
                 remaining -= set(t.bays)  # planned through a provisional bay
                 devices -= set(t.bays)
+            elif job.kind is JobKind.RETRIEVE and job.bay in remaining:
+                # A running retrieve holds the bay it was given (or bound to)
+                # until its release, even before its first step there.
+                devices.add(job.bay)
             wanted[job.id] = remaining
         elif job.bay is not None and (
             job.kind is JobKind.STORE or job.bay not in t.holders
@@ -1562,6 +1761,15 @@ class SiteCore:
             if not intents:
                 return [], JobState.WAITING_PATH
             return [plan.relocate(origin.id, target.id)], JobState.RUNNING
+        if job.kind is JobKind.POSITION:
+            # Never sent, it is dropped once the tower starts (`_position`);
+            # sent, its move is settled from the PLC's status like any step.
+            link = t.links.get(rjob.origin)
+            if link is None or link.kind == "bay" or not rjob.destination.isdigit():
+                return f"it moves {rjob.origin!r} to {rjob.destination!r}, unknown"
+            if not intents:
+                return [], JobState.WAITING_PATH
+            return [plan.position(link.name, int(rjob.destination))], JobState.RUNNING
         return f"{job.kind.value} jobs are not resumed"
 
     def _hold_restored(self, t: _Tower, job: Job, rjob: RestoredJob, why: str) -> None:
@@ -1575,6 +1783,8 @@ class SiteCore:
         car = self.inventory.cars.get(rjob.ticket)
         place = car.place if car else "the bay (not yet measured)"
         job.reason = f"open at restart; car {rjob.ticket} at {place}: {why}"
+        if job.kind is JobKind.POSITION:
+            job.reason = f"open at restart: {why}"
         for device in (job.bay, car.place if car else None):
             if device in t.links and t.holders.get(device, job.id) == job.id:
                 self._hold(t, job, device)
@@ -1657,6 +1867,9 @@ class SiteCore:
         DeviceOffline: _on_offline,
         CommandWriteFailed: _on_write_failed,
         Tick: _on_tick,
+        PlaceCar: _on_place_car,
+        RemoveCar: _on_remove_car,
+        UnblockSlot: _on_unblock,
     }
 
     # -- queries ---------------------------------------------------------------
