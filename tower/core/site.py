@@ -1146,9 +1146,9 @@ class SiteCore:
         self._persist(JobFinished(job.id, OUTCOMES[job.state], job.reason))
         car = self.inventory.cars.get(job.ticket)
         if car is not None and car.place in t.links and car.place not in t.bays:
-            # A cancelled held job left its car on a device: keep others off it.
-            # TODO: an operator command to clear it (after moving the car by
-            # hand in manual); until then the device stays out of use.
+            # A cancelled held job left its car on a device: keep others off it
+            # until maintenance moves the car by hand in manual and says where
+            # (`PlaceCar`, or `RemoveCar` if it left the tower).
             t.stranded.add(car.place)
             message = f"car {car.ticket} left on {car.place} by job {job.id}"
             self._alarm(t, car.place, "car_stranded", message)
