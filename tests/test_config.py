@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tower.config import SizeClass, load_site
+from tower.config import PolicyConfig, SizeClass, load_site
+from tower.core.policies import POLICIES
 from tower.tomlsource import ValidationProblems
 
 SITES = Path(__file__).resolve().parent.parent / "sim" / "sites"
@@ -168,3 +169,39 @@ def test_toml_nested_too_deep_is_a_problem(tmp_path):
         load_site(path)
 
     assert caught.value.problems[0].field == "(syntax)"
+
+
+def test_the_policy_defaults_to_pipelined():
+    """A site file that names no policy runs the pipelined one."""
+    site = load_site(SITES / "reference.toml")
+
+    assert site.policy.name == "pipelined"
+    assert PolicyConfig().name in POLICIES
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_every_named_policy_is_accepted(tmp_path, name):
+    """Each policy of tower.core.policies, baselines included, may be chosen."""
+    path = tmp_path / "site.toml"
+    path.write_text(f'[[towers]]\nid = "a"\n[policy]\nname = "{name}"\n')
+
+    assert load_site(path).policy.name == name
+
+
+def test_an_unknown_policy_is_refused_with_its_line(tmp_path):
+    """A policy name that is not one of tower.core.policies is refused, naming
+    the file, the line, the field and the names that would do."""
+    path = tmp_path / "site.toml"
+    path.write_text('[[towers]]\nid = "a"\n\n[policy]\nname = "fastest"\n')
+
+    with pytest.raises(ValidationProblems) as caught:
+        load_site(path)
+
+    [problem] = caught.value.problems
+    assert (problem.file, problem.line, problem.field) == (
+        str(path),
+        5,
+        "policy.name",
+    )
+    assert "unknown policy 'fastest'" in problem.message
+    assert all(name in problem.message for name in POLICIES)

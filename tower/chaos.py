@@ -76,6 +76,7 @@ from sim.server import SimServer, serve
 from tower import logs
 from tower.config import SiteConfig, load_site
 from tower.console.client import ControlError, ControlUnavailable, request
+from tower.core.policies import POLICIES
 from tower.feed.fallback_broker import FallbackBroker
 from tower.store.journal import Journal
 
@@ -110,6 +111,9 @@ topic_prefix = "chaos/parking"
 interval_ms = {poll_ms}    # status poll period per device, real ms
 timeout_ms = 1000
 heartbeat_ms = 250
+
+[policy]
+name = "{policy}"
 """
 
 _TOWER = """
@@ -149,6 +153,7 @@ class Options:
     watchdog_s: float = 0.8  # the simulated PLCs' watchdog, real s
     gap_s: tuple[float, float] = (0.3, 2.5)  # real s from auto to a random kill
     drain: bool = False
+    policy: str = "pipelined"  # a name of tower.core.policies.POLICIES
     workdir: Path | None = None
 
 
@@ -183,7 +188,12 @@ def plan_kills(options: Options) -> list[Kill]:
 
 def write_site(options: Options, path: Path, mqtt_url: str) -> SiteConfig:
     """Write the run's site file (free loopback ports) and load it back."""
-    text = _SITE.format(profiles=PROFILES, mqtt=mqtt_url, poll_ms=options.poll_ms)
+    text = _SITE.format(
+        profiles=PROFILES,
+        mqtt=mqtt_url,
+        poll_ms=options.poll_ms,
+        policy=options.policy,
+    )
     for index, base in enumerate(free_port_bases(options.towers)):
         text += _TOWER.format(
             id=f"tower-{chr(ord('a') + index)}",
@@ -272,6 +282,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     seed: int = 0
     speed: float = 0.0
+    policy: str = ""
     duration_s: float = 0.0
 
     @property
@@ -296,7 +307,9 @@ class Chaos:
         self.options = options
         self.rng = random.Random(options.seed ^ 0x5EED)
         self.token = secrets.token_urlsafe(24)
-        self.report = Report(seed=options.seed, speed=options.speed)
+        self.report = Report(
+            seed=options.seed, speed=options.speed, policy=options.policy
+        )
         self.site: SiteConfig | None = None
         self.plant: ChaosPlant | None = None
         self.sim: SimServer | None = None
@@ -956,6 +969,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--drain", action="store_true", help="at the end, ask for every car left"
     )
+    parser.add_argument(
+        "--policy",
+        choices=list(POLICIES),
+        default="pipelined",
+        help="the controller's allocation and sequencing policy (pipelined)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep the run's files here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -990,6 +1009,7 @@ def main(argv: list[str]) -> int:
         slow_restarts=args.slow_restarts,
         watchdog_s=args.watchdog_s,
         drain=args.drain,
+        policy=args.policy,
         workdir=args.workdir,
     )
     try:

@@ -84,6 +84,7 @@ def _demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             mqtt_url=args.mqtt,
             site_path=args.site,
+            policy=args.policy,
             live=not args.no_live,
         )
     )
@@ -130,6 +131,8 @@ _OWN_PARSERS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tower.core.policies import POLICIES
+
     parser = argparse.ArgumentParser(prog="tower", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default="info", help="debug, info, warning")
     parser.add_argument(
@@ -159,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="traffic seed")
     demo.add_argument("--mqtt", help="broker URL (default: TOWER_MQTT_URL or local)")
     demo.add_argument("--site", help="site file (default: the reference site)")
+    demo.add_argument(
+        "--policy",
+        choices=list(POLICIES),
+        help="allocation and sequencing policy (default: the site file's)",
+    )
     demo.add_argument("--no-live", action="store_true", help="no live status view")
     demo.set_defaults(func=_demo)
 

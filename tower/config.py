@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tower.tomlsource import TomlSource
 
@@ -281,6 +281,30 @@ class PollConfig(_Model):
     )
 
 
+class PolicyConfig(_Model):
+    """How the controller chooses slots and orders the jobs of a tower."""
+
+    name: str = Field(
+        "pipelined",
+        description=(
+            "The allocation and sequencing policy, one of tower.core.policies: "
+            "'pipelined' (nearest slot; pipelined sequencing, kiosk staging, "
+            "idle-time relocation), 'zoned', or a baseline: 'first-free', "
+            "'nearest', 'zones-fcfs'. Takes effect on restart."
+        ),
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from tower.core.policies import POLICIES  # noqa: PLC0415 (the core imports us)
+
+        if name not in POLICIES:
+            choices = ", ".join(POLICIES)
+            raise ValueError(f"unknown policy {name!r}; choose one of {choices}")
+        return name
+
+
 class SiteConfig(_Model):
     """A whole site: its towers and the services around them."""
 
@@ -295,6 +319,7 @@ class SiteConfig(_Model):
     control: ControlConfig = Field(default_factory=ControlConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     source: Path | None = Field(None, exclude=True, description="Where it was read.")
 
     @model_validator(mode="after")

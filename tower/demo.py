@@ -28,7 +28,7 @@ import structlog
 
 from sim.plant import Car
 from sim.rig import Rig
-from tower.config import load_site
+from tower.config import PolicyConfig, load_site
 from tower.console.client import ControlError
 from tower.feed.fallback_broker import FallbackBroker, probe_broker
 
@@ -222,9 +222,15 @@ async def run_demo(
     mqtt_url: str | None,
     site_path: str | None,
     live: bool,
+    policy: str | None = None,
 ) -> int:
-    """Run the demo until Ctrl-C, or for `hours` simulated hours with a summary."""
+    """Run the demo until Ctrl-C, or for `hours` simulated hours with a summary.
+
+    `policy` overrides the site file's `policy.name`.
+    """
     site = load_site(site_path or REFERENCE_SITE)
+    if policy is not None:
+        site = site.model_copy(update={"policy": PolicyConfig(name=policy)})
     url, broker = await choose_broker(mqtt_url)
     if not _mqtt_is_loopback(url):
         _log.warning("demo.remote_broker", url=url)
@@ -241,6 +247,7 @@ async def run_demo(
                 mqtt=url,
                 topic_prefix=rig.site.mqtt.topic_prefix,
                 socket=str(rig.socket_path),
+                policy=rig.site.policy.name,
             )
             if live and sys.stdout.isatty():
                 print(

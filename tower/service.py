@@ -41,6 +41,7 @@ from tower.console.tokens import Role, TokenStore
 from tower.core import RequestRefused, SiteCore
 from tower.core import actions as act
 from tower.core import events as ev
+from tower.core.policies import POLICIES
 from tower.core.restore import RestoredState
 from tower.errors import DeviceError, TowerError
 from tower.feed.publisher import OccupancyFeed
@@ -142,7 +143,13 @@ class Controller:
         self.journal = await AsyncJournal.open(self.journal_path)
         try:
             restored = RestoredState.from_journal(await self.journal.restored_state())
-            self.core = SiteCore(self.site, restored=restored)
+            policy = POLICIES[self.site.policy.name]
+            self.core = SiteCore(
+                self.site,
+                allocator=policy.allocator(),
+                sequencer=policy.sequencer(),
+                restored=restored,
+            )
             self._make_drivers()
             self.feed = OccupancyFeed(
                 self.mqtt_url,
@@ -197,6 +204,7 @@ class Controller:
                     devices=len(self.drivers),
                     socket=str(self.socket_path),
                     mqtt=self.mqtt_url,
+                    policy=self.site.policy.name,
                 )
         finally:
             for signum in signals:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from tower.chaos import TRIGGERS, Options, plan_kills
+from tower.chaos import TRIGGERS, Options, plan_kills, write_site
 from tower.chaos import main as chaos_main
 
 
@@ -41,3 +41,13 @@ def test_kill_plan_is_seeded():
     slow = [k for k in plan if k.restart_pause_s]
     assert all(k.restart_pause_s > Options().watchdog_s for k in slow)
     assert 0 < len(slow) < len(plan)
+
+
+def test_the_controller_under_test_runs_the_policy_asked_for(tmp_path):
+    """--policy goes into the run's site file, which the controller reads."""
+    path = tmp_path / "site.toml"
+
+    site = write_site(Options(policy="nearest"), path, "mqtt://127.0.0.1:1")
+
+    assert site.policy.name == "nearest"
+    assert Options().policy == "pipelined"

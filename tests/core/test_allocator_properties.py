@@ -111,3 +111,28 @@ def test_zones_send_a_late_leaver_away_from_the_lift():
 
     assert ranked.index(late) >= 2 * len(ranked) // 3
     assert ranked.index(early) < len(ranked) // 3
+
+
+def test_zones_without_hints_take_the_nearest_slot_of_the_cars_class():
+    """A store request with no expected departure (all the control socket
+    sends) puts every car in zone 0: DepartureZones then takes the nearest
+    free slot of the car's own class, a larger class only when that is full,
+    and remembers nothing."""
+    view, inventory, _ = view_of(3, 2, {3}, set())
+    zones = DepartureZones()
+    sizes = [SizeClass.STANDARD, SizeClass.TALL] * 3 + [SizeClass.STANDARD] * 6
+    expected, chosen = [], []
+    for i, size in enumerate(sizes):
+        fitting = [s for s in view.by_retrieval() if view.is_free(s)]
+        fitting = [s for s in fitting if view.fits(s, size)]
+        own = [s for s in fitting if s.size is size] or fitting
+        request = StoreRequested(TOWER, "bay-1", f"t{i}", f"j{i}")
+
+        slot = zones.choose(view.asking(float(i), request), size)
+
+        expected.append(own[0].id)
+        chosen.append(slot)
+        inventory.add(f"t{i}", TOWER, str(slot), size)
+
+    assert chosen == expected
+    assert zones._departures == {}
