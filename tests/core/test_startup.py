@@ -52,3 +52,19 @@ def test_a_journal_of_the_site_own_towers_starts():
     restored = RestoredState(cars={"T1": (TOWER, "01-01-L", SizeClass.STANDARD)})
     core = SiteCore(small_site(), restored=restored)
     assert core.inventory.cars["T1"].place == "01-01-L"
+
+
+def test_a_device_another_master_writes_to_gets_no_commands():
+    """The driver reports the lift `contested` (its heartbeat register holds
+    what someone else wrote): alarm naming it, tower degraded, no command to
+    it; when the read-back is ours again, the alarm clears."""
+    s = Scripted()
+    s.start()
+    actions = s.report("lift", contested=True)
+    assert [(a.device, a.code) for a in alarms(actions)] == [("lift", "second_master")]
+    assert "another master" in alarms(actions)[0].message
+    assert s.core.status()["towers"][0]["state"] == "degraded"
+
+    s.report("lift", contested=False)
+    assert s.core.status()["towers"][0]["state"] == "auto"
+    assert "second_master" not in {a["code"] for a in s.core.status()["alarms"]}

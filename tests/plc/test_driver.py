@@ -210,6 +210,7 @@ def make_driver(
         on_fault=recorder.on_fault,
         max_errors=max_errors,
         backoff=backoff or Backoff(min_s=0.02, max_s=0.1, rng=random.Random(7)),
+        heartbeat_start=0,  # counts 1, 2, 3, ... (the service starts at random)
     )
 
 
@@ -418,4 +419,43 @@ async def test_min_request_gap_is_kept_between_requests() -> None:
     ]
     assert len(gaps) >= 14
     assert min(gaps) >= gap_s - 0.001
-    assert {e.function_code for e in exchanges} == {4, 16}
+    # Status reads, heartbeat writes and the heartbeat's read-backs: all paced.
+    assert {e.function_code for e in exchanges} == {3, 4, 16}
+
+
+async def test_a_second_master_writing_the_heartbeat_is_reported(plc: BenchPlc) -> None:
+    """Another master (a second controller on the same PLC) writes the
+    controller heartbeat register too: read back before each of our writes,
+    it is not what we wrote, and after two such read-backs in a row every
+    status says `contested`. Once the other master stops, it clears."""
+    recorder = Recorder()
+    driver = make_driver(plc.port, recorder, heartbeat_s=0.02)
+    async with running(driver):
+        await until(lambda: len(plc.written("heartbeat_ctl")) >= 3)
+        assert recorder.statuses[-1]["contested"] is False
+
+        async def other_master() -> None:
+            value = 40000
+            while True:
+                value += 1
+                plc.set_points(heartbeat_ctl=value)
+                await asyncio.sleep(0.005)
+
+        rogue = asyncio.create_task(other_master())
+        try:
+            await until(lambda: recorder.statuses[-1]["contested"] is True)
+            assert driver.contested
+        finally:
+            rogue.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rogue
+        await until(lambda: recorder.statuses[-1]["contested"] is False)
+
+
+async def test_a_read_back_of_our_own_heartbeat_is_not_contested(plc: BenchPlc) -> None:
+    """With us as the only master, every read-back holds what we wrote."""
+    recorder = Recorder()
+    driver = make_driver(plc.port, recorder, heartbeat_s=0.01)
+    async with running(driver):
+        await until(lambda: len(plc.written("heartbeat_ctl")) >= 20)
+    assert not any(s["contested"] for s in recorder.statuses)

@@ -178,9 +178,21 @@ class DeviceLink:
         return self.state == "estop" or self.flag("estop")
 
     @property
+    def contested(self) -> bool:
+        """Whether the driver found another master writing this PLC (its
+        `contested` point): nothing is commanded to it then."""
+        return self.status is not None and bool(self.status.get("contested", False))
+
+    @property
     def healthy(self) -> bool:
-        """Online, and neither faulted, stopped nor under local manual control."""
-        return self.online and self.state in ("idle", "busy") and not self.estop
+        """Online, and neither faulted, stopped, under local manual control nor
+        written to by another master."""
+        return (
+            self.online
+            and self.state in ("idle", "busy")
+            and not self.estop
+            and not self.contested
+        )
 
     @property
     def ready(self) -> bool:

@@ -1202,6 +1202,14 @@ class SiteCore:
             self._alarm(t, link.name, "device_manual", f"{link.name} is in manual")
         else:
             self._clear(t, link.name, "device_manual")
+        if link.contested:
+            message = (
+                f"{link.name}: another master writes its controller heartbeat "
+                "(a second controller on this PLC?); no commands go to it"
+            )
+            self._alarm(t, link.name, "second_master", message)
+        else:
+            self._clear(t, link.name, "second_master")
 
     def _offline(self, t: _Tower, link: DeviceLink, reason: str) -> None:
         if link.online:

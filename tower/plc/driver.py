@@ -161,6 +161,7 @@ class DeviceDriver:
         max_errors: int = 3,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        heartbeat_start: int | None = None,
     ) -> None:
         self.tower = tower
         self.device = device
@@ -187,7 +188,15 @@ class DeviceDriver:
         self._bad_reported = False
         self._polled = False
         self._errors = 0
-        self._heartbeat = 0
+        # A random start: two controllers started together would otherwise
+        # count in step, and neither would see the other's writes.
+        if heartbeat_start is None:
+            heartbeat_start = random.randrange(65536)
+        self._heartbeat = heartbeat_start % 65536
+        self._hb_written: int | None = None  # last heartbeat written, this link
+        self._hb_foreign = 0  # read-backs in a row that were not ours
+        self.contested = False
+        """Whether another master writes this PLC's controller heartbeat."""
         self._last_request = -float("inf")
         self._gap_s = profile.min_request_gap_ms / 1000
         self._frames: deque[str] = deque(maxlen=32)
@@ -243,6 +252,7 @@ class DeviceDriver:
 
     async def _connect(self) -> None:
         await self._disconnect()  # never two of ours open to one device
+        self._hb_written, self._hb_foreign = None, 0  # a PLC restart clears it
         lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost = lost
 
@@ -331,6 +341,7 @@ class DeviceDriver:
         self._bad_reported = False
         self._polled = True
         self.polls += 1
+        points["contested"] = self.contested  # see _check_heartbeat_owner
         self.last_status, self.stale = points, False
         if not self._online:
             self._online = True
@@ -363,10 +374,46 @@ class DeviceDriver:
     async def _write_heartbeat(self) -> None:
         self._heartbeat = (self._heartbeat + 1) % 65536
         try:
+            await self._check_heartbeat_owner()
             for write in self.profile.encode_points({"heartbeat_ctl": self._heartbeat}):
                 await self._write(write)
+            self._hb_written = self._heartbeat
         except DeviceError as err:
             self._failed(err)
+
+    async def _check_heartbeat_owner(self) -> None:
+        """Read our heartbeat register back before writing the next value.
+
+        Only we write it, so it holds what we wrote last; another value, twice
+        in a row, means another master (a second controller, a test panel)
+        writes to this PLC too: `contested`, reported with every status until
+        a read-back agrees again.
+        """
+        if self._hb_written is None:
+            return  # nothing of ours in it on this connection yet
+        reg = self.profile.register("heartbeat_ctl")
+        where = self._where(reg.table, reg.wire_address, reg.end)
+        raw = await self._read(reg.table, reg.wire_address, reg.words, where)
+        try:
+            found = reg.decode(raw)
+        except BadValue:
+            found = None
+        if found == self._hb_written:
+            self._hb_foreign = 0
+            if self.contested:
+                self.contested = False
+                self._log.info("plc.heartbeat_owner_back", register=reg.label)
+            return
+        self._hb_foreign += 1
+        if self._hb_foreign >= 2 and not self.contested:
+            self.contested = True
+            self._log.error(
+                "plc.second_master",
+                register=reg.label,
+                address=reg.address,
+                wrote=self._hb_written,
+                read_back=found,
+            )
 
     async def _run_command(self, command: _Command) -> None:
         """Write a command's groups in order; its future says how it went.
