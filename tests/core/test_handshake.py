@@ -92,12 +92,12 @@ def test_fault_raises_an_alarm_and_the_job_waits():
 
     actions = s.report(
         "bay-1", seq_accepted=check.seq, seq_done=check.seq, result="fault",
-        fault_code="interlock", state="fault",
+        fault_code="bad_command", state="fault",
     )  # fmt: skip
 
     assert {a.code for a in alarms(actions)} >= {"job_held", "device_fault"}
     result = next(r for r in records(actions) if isinstance(r, StepResult))
-    assert (result.outcome, result.fault_code) == ("fault", "interlock")
+    assert (result.outcome, result.fault_code) == ("fault", "bad_command")
     assert s.core.jobs()[0]["state"] == "held"
     assert commands(s.report("bay-1", state="idle", fault_code="none")) == []
 

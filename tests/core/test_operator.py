@@ -67,7 +67,7 @@ def test_cancel_of_a_store_held_in_its_bay_check_opens_the_bay():
     """The bay faults during its check (the car is not measured, so not in
     custody): after a reset, a cancel releases the bay to the driver."""
     h = Harness(small_site())
-    h.plant.inject_fault(TOWER, "bay-1", "interlock")
+    h.plant.inject_fault(TOWER, "bay-1", "bad_command")
     h.arrive(TOWER, "bay-1", Car("c1"))
     h.run_until(300)
     job = held_job(h)

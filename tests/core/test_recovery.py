@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from corekit import Scripted, alarms, commands, records, small_site
 
-from tower.config import Side, SizeClass
-from tower.core import RestoredJob, RestoredState
+from tower.config import BayConfig, Side, SiteConfig, SizeClass, TowerConfig
+from tower.core import RequestRefused, RestoredJob, RestoredState
 from tower.core.actions import AlarmCleared, SendCommand
-from tower.core.events import StoreRequested
+from tower.core.events import RetrieveRequested, StoreRequested
 from tower.core.model import SlotId
 from tower.core.plan import check, store
 from tower.core.records import CarMoved, JobKind, StepIntent, StepResult
@@ -391,3 +392,159 @@ def test_retrieved_car_waiting_in_its_bay_raises_no_alarm():
     assert alarms(actions) == []
     assert s.core.ticket(TICKET)["place"] == "bay-1"
     assert not [a for a in actions if isinstance(a, SendCommand)]
+
+
+def test_restored_retrieve_keeps_the_bay_it_was_bound_to():
+    """A retrieve bound to bay-1 whose bay steps had not started (its car was
+    still on the level) and whose path is partly held by another restored job
+    keeps bay-1: a driver who then stops at bay-1 is refused, so no new store
+    can take the bay the retrieve holds to hand its car over."""
+    site = SiteConfig(
+        towers=[
+            TowerConfig(
+                id=TOWER,
+                levels=3,
+                columns=2,
+                bays=[
+                    BayConfig(id="bay-1", column=1, side=Side.LEFT),
+                    BayConfig(id="bay-2", column=2, side=Side.RIGHT),
+                ],
+            )
+        ]
+    )
+    bay_2 = site.towers[0].bays[1]
+    store_steps = [*check(bay_2), *store(bay_2, SlotId(2, 1, Side.LEFT))][:3]
+    storing = RestoredJob(
+        "j1", TOWER, JobKind.STORE, "T1", "bay-2", "02-01-L",
+        tuple(StepIntent("j1", i, TOWER, s.device, s.code, s.target, s.side, 1)
+              for i, s in enumerate(store_steps)),
+        tuple(StepResult("j1", i, TOWER, s.device, 1, "done", "none")
+              for i, s in enumerate(store_steps)),
+    )  # fmt: skip
+    retrieving = RestoredJob(
+        "j2", TOWER, JobKind.RETRIEVE, "T2", "01-01-L", "bay-1",
+        (StepIntent("j2", 0, TOWER, "shuttle-1", "move", 1, "none", 1),),
+        (StepResult("j2", 0, TOWER, "shuttle-1", 1, "done", "none"),),
+    )  # fmt: skip
+    state = RestoredState(
+        cars={
+            "T1": (TOWER, "bay-2", SizeClass.STANDARD),
+            "T2": (TOWER, "01-01-L", SizeClass.STANDARD),
+        },
+        jobs=[storing, retrieving],
+        last_seq={(TOWER, d): 1 for d in ("bay-2", "shuttle-0", "lift", "shuttle-1")},
+    )
+    s = Scripted(site, restored=state)
+    done = {"seq_accepted": 1, "seq_done": 1, "result": "done"}
+    s.points[TOWER, "bay-2"].update(done, vehicle_height_mm=1500)
+    s.points[TOWER, "bay-2"]["flags"].update(vehicle_present=True, door_closed=True)
+    s.points[TOWER, "shuttle-0"].update(done, column=2, position_mm=5200)
+    s.points[TOWER, "lift"].update(done)
+    s.points[TOWER, "shuttle-1"].update(done, column=1, position_mm=2600)
+    s.points[TOWER, "shuttle-1"]["slot_sensors"][0] = True
+    started = s.start()
+    s.car_in_bay()
+
+    with pytest.raises(RequestRefused) as refused:
+        s.handle(StoreRequested(TOWER, "bay-1", "T3", "j3"))
+
+    assert alarms(started) == []
+    assert refused.value.code == "bay_busy"
+    assert s.core.towers[TOWER].holders.get("bay-1") == "j2"
+
+
+def parked_car() -> Scripted:
+    """A started core with car T1 parked in 01-01-L (its sensor on)."""
+    state = RestoredState(cars={TICKET: (TOWER, "01-01-L", SizeClass.STANDARD)})
+    s = Scripted(restored=state)
+    s.points[TOWER, "shuttle-1"]["slot_sensors"][0] = True
+    s.start()
+    return s
+
+
+def test_retrieve_bay_check_refused_for_a_driver_goes_again_once_clear():
+    """A driver pulls into the bay between the controller's last poll and
+    the PLC's latch of a retrieve's bay check: the PLC refuses it
+    (interlock). Nothing moved, so it is no fault to hold for: the bay is
+    reset and stays the retrieve's (the driver's store is refused), and the
+    check goes again under a new sequence once the bay is clear."""
+    s = parked_car()
+    started = s.handle(RetrieveRequested(TICKET, "j1", "bay-1"))
+    (chk,) = [c for c in commands(started) if c.device == "bay-1"]
+
+    refused = s.report(
+        "bay-1", seq_accepted=chk.seq, seq_done=chk.seq, result="fault",
+        fault_code="interlock", state="fault",
+        flags={"vehicle_present": True, "person_present": True},
+    )  # fmt: skip
+    waiting = s.report("bay-1", state="idle", fault_code="none")
+    with pytest.raises(RequestRefused) as store:
+        s.handle(StoreRequested(TOWER, "bay-1", "T2", "j2"))
+    again = s.report("bay-1", flags={"vehicle_present": False, "person_present": False})
+
+    assert sent(refused) == [("bay-1", "reset", 0)]
+    assert [a.code for a in alarms(refused) if a.code == "job_held"] == []
+    assert [c for c in commands(waiting) if c.device == "bay-1"] == []
+    assert store.value.code == "bay_busy"
+    assert ("bay-1", "check", chk.seq + 1) in sent(again)
+    assert job_of(s)["state"] == "running"
+
+
+def test_store_bay_check_refused_for_a_person_goes_again_once_clear():
+    """The driver walks back into the bay as its check latches: refused
+    (interlock), reset, and checked again once nobody is inside."""
+    s = Scripted()
+    s.start()
+    s.car_in_bay()
+    (chk,) = commands(s.handle(StoreRequested(TOWER, "bay-1", TICKET, "j1")))
+
+    refused = s.report(
+        "bay-1", seq_accepted=chk.seq, seq_done=chk.seq, result="fault",
+        fault_code="interlock", state="fault", flags={"person_present": True},
+    )  # fmt: skip
+    waiting = s.report("bay-1", state="idle", fault_code="none")
+    again = s.report("bay-1", flags={"person_present": False})
+
+    assert sent(refused) == [("bay-1", "reset", 0)]
+    assert sent(waiting) == []
+    assert sent(again) == [("bay-1", "check", chk.seq + 1)]
+    assert job_of(s)["state"] == "checking"
+
+
+def test_journaled_bay_check_refusal_is_retried_after_a_restart():
+    """The refusal was journaled, then the controller died before the check
+    went again: the restart asks again, it does not hold the job."""
+    s = Scripted()
+    s.start()
+    s.car_in_bay()
+    (chk,) = commands(s.handle(StoreRequested(TOWER, "bay-1", TICKET, "j1")))
+    journaled = records(
+        s.report(
+            "bay-1", seq_accepted=chk.seq, seq_done=chk.seq, result="fault",
+            fault_code="interlock", state="fault", flags={"person_present": True},
+        )
+    )  # fmt: skip
+    intent = StepIntent("j1", 0, TOWER, "bay-1", "check", 0, "none", chk.seq)
+    assert journaled == [
+        StepResult("j1", 0, TOWER, "bay-1", chk.seq, "fault", "interlock")
+    ]
+    state = RestoredState(
+        jobs=[
+            RestoredJob(
+                "j1", TOWER, JobKind.STORE, TICKET, "bay-1", "", (intent,),
+                tuple(journaled),
+            )
+        ],
+        last_seq={(TOWER, "bay-1"): chk.seq},
+    )  # fmt: skip
+    r = Scripted(restored=state)
+    r.points[TOWER, "bay-1"] = dict(s.points[TOWER, "bay-1"])
+
+    restarted = r.start()
+    clear = {"person_present": False}
+    again = r.report("bay-1", state="idle", fault_code="none", flags=clear)
+
+    assert sent(restarted) == [("bay-1", "reset", 0)]
+    assert [a for a in alarms(restarted) if a.code == "job_open"] == []
+    assert sent(again) == [("bay-1", "check", chk.seq + 1)]
+    assert job_of(r)["state"] == "checking"

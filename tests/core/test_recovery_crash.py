@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from corekit import small_site
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -296,3 +297,30 @@ def test_crash_during_a_relocation_resumes_it():
         assert not h.core.jobs()
         hit += crasher.crashes
     assert hit >= 8
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [("pipelined", "whole_path"), ("whole_path", "pipelined")]
+)
+def test_a_restart_under_another_policy_finishes_the_open_jobs(before, after):
+    """The site file's policy changed across a restart: four cars stored
+    and retrieved through two bays, the controller killed at each of many
+    commands and restarted under the other sequencer, whose open jobs may
+    hold part of their path; every car comes back and no job is left."""
+    stuck = []
+    for index in range(4, 120, 4):
+        h = Harness(site(), sequencer=SEQUENCERS[before]())
+        crasher = Crasher(h, [(index, "after", 5.0, None)], SEQUENCERS[after])
+        tickets = []
+        for i in range(4):
+            car = Car(f"c{i}", height_mm=HEIGHTS["standard"], driver_time_s=10)
+            ticket = h.arrive(TOWER, f"bay-{1 + i % 2}", car, at=i * 20.0)
+            h.retrieve(ticket, at=300 + i * 30.0, retry_s=30)
+            tickets.append(ticket)
+
+        crasher.run(8_000)
+
+        check_outcome(h, tickets)
+        if h.core.jobs() or len(h.delivered) != 4:
+            stuck.append((index, [j["state"] for j in h.core.jobs()]))
+    assert stuck == []

@@ -127,6 +127,11 @@ class FcfsWholePath:
     retrieval that has no bay yet (every bay was taken when its visitor asked)
     takes the first bay that frees, before a newer arrival can, and waits there
     for the rest of its path.
+
+    It never reserves part of a path itself, but a restart may hand it running
+    jobs that hold part of theirs (the journal of a piecewise sequencer, when
+    the site's policy changed): each gets the rest of its path at once, when
+    all of it is free, like a waiting job.
     """
 
     def admit(self, waiting: Sequence[Job], book: PathBook) -> list[Admission]:
@@ -134,6 +139,12 @@ class FcfsWholePath:
         admitted: list[Admission] = []
         taken: set[str] = set()
         for job in waiting:
+            if job.state is JobState.RUNNING:
+                rest = self._rest_of_path(job, book, taken)
+                if rest is not None:
+                    admitted.append(rest)
+                    taken |= rest.reserve or set()
+                continue
             if job.state is not JobState.WAITING_PATH:
                 continue
             for bay in book.bays_for(job):
@@ -172,6 +183,24 @@ class _Info:
     due: float  # its visitor is (or is expected) at the tower; else its request
     active: bool = True  # a kiosk retrieval becomes active shortly before due
     needs: set[str] | None = None  # devices it will still ask for
+
+    @staticmethod
+    def _rest_of_path(job: Job, book: PathBook, taken: set[str]) -> Admission | None:
+        """The devices a running job has steps on and does not hold, if all
+        are free; a retrieval with no bay yet takes the first free one."""
+        pending = {
+            d for s in job.steps if s.state is StepState.PENDING for d in s.devices
+        }
+        bays = book.bays_for(job)
+        choices: list[str | None] = [None]
+        if job.kind is JobKind.RETRIEVE and job.bay is None:
+            pending -= set(bays)  # planned through a provisional bay
+            choices = list(bays)
+        for bay in choices:
+            rest = (pending | ({bay} if bay else set())) - job.holds
+            if taken.isdisjoint(rest) and all(book.available(d, job) for d in rest):
+                return Admission(job, bay or job.bay or bays[0], [], frozenset(rest))
+        return None
 
 
 class Pipelined:

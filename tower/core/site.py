@@ -157,6 +157,25 @@ RESET_REPEAT_S = 1.0
 FAULT_HEARTBEAT_LOST = "heartbeat_lost"
 """The fault code of a command the PLC stopped because our heartbeat stopped."""
 
+FAULT_INTERLOCK = "interlock"
+"""The fault code of a command the PLC refused as unsafe (for a bay: a person
+inside, the door path not clear)."""
+
+
+def _retried(step: Step, link: DeviceLink) -> bool:
+    """Whether a faulted step may go again once its device is reset.
+
+    A command stopped for our lost heartbeat, and a bay check refused for its
+    interlock: someone entered the bay between our last status and the PLC's
+    latch. A check moves no car, and `_step_ready` sends it again only once
+    the bay shows nobody inside (and, for a retrieve, no car).
+    """
+    if step.fault_code == FAULT_HEARTBEAT_LOST:
+        return True
+    refused = step.fault_code == FAULT_INTERLOCK and step.code == "check"
+    return refused and link.kind == "bay"
+
+
 # Store job states in which the tower has no custody of the car yet (or no
 # more: a car refused after its check goes back to its driver).
 _NO_CUSTODY = frozenset({JobState.REQUESTED, JobState.CHECKING, JobState.RETURNING})
@@ -778,7 +797,7 @@ class SiteCore:
                 )
             )  # fmt: skip
             job.reason = f"{step.describe()} faulted: {step.fault_code}"
-            if step.fault_code == FAULT_HEARTBEAT_LOST:
+            if _retried(step, link):
                 why = self._retry(t, job, step, link)
                 if why is None:
                     return
@@ -1357,7 +1376,7 @@ class SiteCore:
         points = link.status or {}
         last = self.restored_seq.get((t.id, link.name), 0)
         later = f"{link.name} was sent seq {last} after it"
-        if step.state is StepState.FAULT:  # journaled as a lost-heartbeat stop
+        if step.state is StepState.FAULT:  # journaled as a stop `_retried` allows
             return ("retry", "") if step.seq == last else ("unknown", later)
         if points.get("seq_done") == step.seq:
             result = points.get("result")
@@ -1428,8 +1447,9 @@ class SiteCore:
             self._hold_at_start(t, job, f"{step.describe()} (seq {step.seq}): {why}")
 
     def _retry(self, t: _Tower, job: Job, step: Step, link: DeviceLink) -> str | None:
-        """Send a step stopped for a lost heartbeat again, if the sensors prove
-        where the car is; None when it goes again, else why not."""
+        """Send a step stopped for a lost heartbeat (or a bay check refused,
+        see `_retried`) again, if the sensors prove where the car is; None
+        when it goes again, else why not."""
         if job.state not in _STEPPING:
             return f"the job is {job.state.value}"
         if step.retries >= MAX_RETRIES:
@@ -1619,7 +1639,7 @@ class SiteCore:
                 continue
             step.machine.fire(StepEvent.FAULT)
             step.fault_code = result.fault_code
-            if result.fault_code != FAULT_HEARTBEAT_LOST:
+            if not _retried(step, t.links[step.device]):
                 return f"{step.describe()} faulted: {result.fault_code}"
 
         car = self.inventory.cars.get(job.ticket)
