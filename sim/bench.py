@@ -42,6 +42,9 @@ What is measured, per run (`RunResult.metrics`):
   request, less the driver's own time getting out);
 - **relocations**, and `relocation_overlaps`: visitors who asked while a
   relocation ran in their tower (the one way a relocation can delay anyone);
+- **positionings** (an idle device moved, with no car, to where the next
+  retrieval will likely want it), and `positioning_overlaps`: visitors who
+  asked while one ran in their tower;
 - **solo retrievals**: at-tower retrievals with no other job of their tower
   open from request to release, as a multiple of their travel bound;
 - **CPU**: `time.process_time` around every `SiteCore.handle` call (the
@@ -167,6 +170,8 @@ class _Replay:
     )
     # Relocations: job id -> (tower, start, end), from the records as they come.
     relocating: dict[str, list[Any]] = field(default_factory=dict)
+    positioning: dict[str, list[Any]] = field(default_factory=dict)  # the same
+    core_events: int = 0
     _refused_seen: int = 0
     _records_seen: int = 0
 
@@ -264,10 +269,12 @@ class _Replay:
             for record in h.records[self._records_seen :]:
                 if isinstance(record, JobCreated) and record.kind is JobKind.RELOCATE:
                     self.relocating[record.job_id] = [record.tower, h.now, None]
-                elif (
-                    isinstance(record, JobFinished) and record.job_id in self.relocating
-                ):
-                    self.relocating[record.job_id][2] = h.now
+                elif isinstance(record, JobCreated) and record.kind is JobKind.POSITION:
+                    self.positioning[record.job_id] = [record.tower, h.now, None]
+                elif isinstance(record, JobFinished):
+                    for spans in (self.relocating, self.positioning):
+                        if record.job_id in spans:
+                            spans[record.job_id][2] = h.now
             self._records_seen = len(h.records)
         if len(h.refused) > self._refused_seen:
             for event, _code in h.refused[self._refused_seen :]:
@@ -345,6 +352,7 @@ def _time_core(replay: _Replay) -> None:
             return handle(event, now)
         finally:
             replay.core_cpu_s += clock() - started
+            replay.core_events += 1
 
     core.handle = timed  # type: ignore[method-assign]
 
@@ -504,6 +512,13 @@ def _measure(replay: _Replay, policy: Policy, cpu_total: float) -> RunResult:
             for tower, start, end in replay.relocating.values()
             if tower == r.tower and start <= r.asked_s < (end or math.inf)
         ),
+        "positionings": len(replay.positioning),
+        "positioning_overlaps": sum(
+            1
+            for r in retrievals
+            for tower, start, end in replay.positioning.values()
+            if tower == r.tower and start <= r.asked_s < (end or math.inf)
+        ),
         "staged": sum(1 for r in retrievals if r.released_s <= r.visitor_s),
         "solo_retrievals": len(solo),
         "solo_ratio_median": median(solo_ratio) if solo_ratio else 0.0,
@@ -515,6 +530,7 @@ def _measure(replay: _Replay, policy: Policy, cpu_total: float) -> RunResult:
         "cpu_s_total": cpu_total,
         "cpu_s_core": replay.core_cpu_s,
         "cpu_ms_per_job": 1000.0 * replay.core_cpu_s / max(jobs_done, 1),
+        "core_events_per_job": replay.core_events / max(jobs_done, 1),
         "end_s": h.now,
         "bound_wait_mean_s": _mean(r.bound_s for r in retrievals),
         "bound_closing_wait_mean_s": _mean(r.bound_s for r in closing),
@@ -692,11 +708,14 @@ SUMMARY_KEYS = (
     "lift_utilisation",
     "relocations",
     "relocation_overlaps",
+    "positionings",
+    "positioning_overlaps",
     "solo_ratio_median",
     "solo_within_10pct",
     "entry_wait_mean_s",
     "cpu_s_total",
     "cpu_ms_per_job",
+    "core_events_per_job",
     "jobs",
     "bound_wait_mean_s",
     "bound_closing_wait_mean_s",
@@ -744,6 +763,7 @@ _COLUMNS = (
     ("queued_throughput_ratio", "queued/bound", "{:.2f}"),
     ("lift_utilisation", "lift", "{:.0%}"),
     ("relocations", "reloc", "{:.0f}"),
+    ("positionings", "pos", "{:.0f}"),
     ("cpu_s_total", "cpu s", "{:.2f}"),
     ("cpu_ms_per_job", "ms/job", "{:.2f}"),
 )

@@ -31,6 +31,8 @@ from tower.core.records import (
     TicketIssued,
 )
 from tower.store.journal import (
+    _MIGRATIONS,
+    APPLICATION_ID,
     SCHEMA_VERSION,
     AsyncJournal,
     Journal,
@@ -314,6 +316,40 @@ def test_newer_schema_is_refused_and_file_untouched(path: Path) -> None:
     assert writer.value.reason == reader.value.reason == "newer_schema"
     assert f"schema version {SCHEMA_VERSION + 1} is newer" in str(writer.value)
     assert path.read_bytes() == before
+
+
+def test_version_1_journal_migrates_keeping_its_jobs(path: Path) -> None:
+    """A journal written before positioning jobs migrates up: its open jobs,
+    their steps and their order survive, and a positioning job can be written."""
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in _MIGRATIONS[0]:
+        db.execute(statement)
+    db.executescript(
+        """
+        INSERT INTO jobs VALUES ('j-2', 'retrieve', 'tower-a', 't-2', '01-01-L',
+            '', 'open', 'x', NULL, NULL, NULL);
+        INSERT INTO jobs VALUES ('j-1', 'store', 'tower-a', 't-1', 'bay-1', '',
+            'open', 'x', NULL, NULL, NULL);
+        INSERT INTO steps VALUES ('j-1', 0, 'tower-a', 'bay-1', 'check', 0,
+            'none', 1, 'x', NULL, NULL, NULL);
+        """
+    )
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+
+    with Journal.open(path, clock=FakeClock()) as journal:
+        journal.write(
+            [JobCreated("p-1", "tower-a", JobKind.POSITION, "", "shuttle-2", "3")]
+        )
+        state = journal.restored_state()
+        version = journal._db.execute("PRAGMA user_version").fetchone()[0]
+        references = journal._db.execute("PRAGMA foreign_keys").fetchone()[0]
+
+    assert (version, references) == (SCHEMA_VERSION, 1)
+    assert [j["job_id"] for j in state["open_jobs"]] == ["j-2", "j-1", "p-1"]
+    assert [s["device"] for s in state["open_jobs"][1]["steps"]] == ["bay-1"]
+    assert state["open_jobs"][2]["kind"] == "position"
 
 
 def test_not_a_database_is_refused_and_file_untouched(path: Path) -> None:

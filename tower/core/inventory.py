@@ -41,6 +41,8 @@ class Inventory:
     def __init__(self) -> None:
         self.cars: dict[str, Car] = {}
         self._at: dict[tuple[str, str], str] = {}
+        self.changes = 0
+        """How often a car was added, moved or removed: a cheap sign of change."""
 
     def at(self, tower: str, place: str) -> str | None:
         """The ticket of the car at a place, or None."""
@@ -54,6 +56,7 @@ class Inventory:
         car = Car(ticket, tower, place, size)
         self.cars[ticket] = car
         self._at[tower, place] = ticket
+        self.changes += 1
         return car
 
     def move(self, ticket: str, place: str) -> Car:
@@ -67,12 +70,14 @@ class Inventory:
         del self._at[car.tower, car.place]
         car.place = place
         self._at[car.tower, place] = ticket
+        self.changes += 1
         return car
 
     def remove(self, ticket: str) -> Car:
         """Release a car from custody (its ticket closed)."""
         car = self.cars.pop(ticket)
         del self._at[car.tower, car.place]
+        self.changes += 1
         return car
 
     def _check_empty(self, tower: str, place: str, ticket: str) -> None:

@@ -10,7 +10,12 @@ and level shuttle, reserved in one go by the sequencer) and runs its motion
 plan (`running`) to `done`. A car too large for any slot, or with no slot left
 for its class, goes back to its driver: the bay is released (`returning`) and
 the job ends `failed`. A **retrieve** job goes straight from `requested` to
-`waiting_path` and runs a plan that ends with the bay's `release`.
+`waiting_path` and runs a plan that ends with the bay's `release`. A
+**position** job moves one idle device, with no car, to where the next job
+will likely want it (the sequencer says where): it is admitted as it is
+made, runs one `move` and ends `done`. One whose move never went out (it
+could not start at once, or a restart found it unsent) is dropped: it ends
+`cancelled`, as nothing moved.
 
 A job is a sequence of **steps**, each one command to one device. A step is
 `pending` until its predecessors are done and its device can take it, `sent`
@@ -64,7 +69,7 @@ class JobState(str, Enum):
     HELD = "held"  # Stopped on a fault or an unprovable state; an operator decides.
     DONE = "done"  # The car reached its destination.
     FAILED = "failed"  # Ended without reaching its destination; the car is accounted.
-    CANCELLED = "cancelled"  # An operator cancelled it before its car moved.
+    CANCELLED = "cancelled"  # Cancelled before its car moved; or a positioning dropped.
 
 
 class JobEvent(str, Enum):
@@ -81,6 +86,7 @@ class JobEvent(str, Enum):
     CAR_LEFT = "car_left"  # The car drove out of the bay before the check.
     CANCEL = "cancel"  # An operator cancelled; nothing to hand back.
     CANCEL_RETURN = "cancel_return"  # An operator cancelled a measured car.
+    DROP = "drop"  # A positioning job is given up before its move went out.
 
 
 TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
@@ -99,7 +105,9 @@ JOB_TABLE: dict[tuple[JobState, JobEvent], JobState] = {
     (S.WAITING_PATH, E.ADMITTED): S.RUNNING,
     (S.WAITING_PATH, E.CANCEL): S.CANCELLED,
     (S.WAITING_PATH, E.CANCEL_RETURN): S.CANCELLING,
+    (S.WAITING_PATH, E.DROP): S.CANCELLED,
     (S.RUNNING, E.PLAN_DONE): S.DONE,
+    (S.RUNNING, E.DROP): S.CANCELLED,
     (S.RETURNING, E.PLAN_DONE): S.FAILED,
     (S.CANCELLING, E.PLAN_DONE): S.CANCELLED,
     **{(state, E.STEP_FAULT): S.HELD for state in _FAULTS},

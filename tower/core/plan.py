@@ -6,8 +6,8 @@ the lift goes down to the ground and the level shuttle comes to the lift while
 the ground shuttle fetches the car from the bay. See docs/architecture.md,
 "Motion plan"; the plans here are that section, step for step.
 
-A relocate plan moves a parked car to another slot, for the sequencer's
-idle-time housekeeping.
+A relocate plan moves a parked car to another slot, and a position plan one
+idle device without a car, both for the sequencer's idle-time housekeeping.
 
 A step that hands a car over names the car's place once it is done (`car_to`)
 and the devices it involves besides its own (`partners`): the lift, or the bay
@@ -131,6 +131,11 @@ def relocate(origin: SlotId, destination: SlotId) -> list[StepSpec]:
         StepSpec(target, "place", side=destination.side.value, after=(8,),
                  car_to=str(destination)),  # 9
     ]  # fmt: skip
+
+
+def position(device: str, target: int) -> list[StepSpec]:
+    """One device, with no car, to a column (a shuttle) or a level (the lift)."""
+    return [StepSpec(device, "move", target)]
 
 
 def devices_of(plan: list[StepSpec]) -> frozenset[str]:

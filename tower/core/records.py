@@ -21,6 +21,7 @@ class JobKind(str, Enum):
     STORE = "store"  # Bay to slot.
     RETRIEVE = "retrieve"  # Slot to bay.
     RELOCATE = "relocate"  # Slot to slot.
+    POSITION = "position"  # An idle device, with no car, to where a job may want it.
 
 
 class JobOutcome(str, Enum):
@@ -28,7 +29,7 @@ class JobOutcome(str, Enum):
 
     DONE = "done"  # The car reached its destination.
     FAILED = "failed"  # A fault or refusal ended it; the car is where CarMoved says.
-    CANCELLED = "cancelled"  # An operator cancelled it.
+    CANCELLED = "cancelled"  # An operator cancelled it, or a positioning was dropped.
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,9 @@ class JobCreated:
     job_id: str
     tower: str
     kind: JobKind
-    ticket: str
-    origin: str  # place the car starts from
-    destination: str  # place the car goes to ('' until allocated)
+    ticket: str  # '' for a positioning job: it moves no car
+    origin: str  # place the car starts from; a positioning job's device
+    destination: str  # place the car goes to ('' until allocated); or a target
 
 
 @dataclass(frozen=True)

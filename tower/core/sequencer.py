@@ -20,13 +20,18 @@ Two sequencers:
   the next car down while the ground shuttle serves a bay. A retrieval's bay
   is chosen when its car comes down, not when the visitor asks. Its rules
   against deadlock are in its docstring.
+
+A sequencer may also propose housekeeping, which the core turns into jobs:
+relocations (a car to a nearer slot) and positionings (an idle device, with
+no car, to where the next retrieval will likely want it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from tower.config import SizeClass
 from tower.core.allocator import TowerView
@@ -103,6 +108,17 @@ class PathBook(Protocol):
         """The ticket of the car in custody at a place (a bay, a slot), or None."""
         ...
 
+    @property
+    def car_changes(self) -> int:
+        """A number that changes whenever a car is added, moved or removed."""
+        ...
+
+    def idle_positions(self) -> list[tuple[str, int]]:
+        """The lift and level shuttles that could take a positioning now
+        (ready, held by no job, carrying no car), and where each stands: a
+        level for the lift, a column for a shuttle."""
+        ...
+
 
 class Sequencer(Protocol):
     """A sequencing policy.
@@ -165,6 +181,24 @@ class FcfsWholePath:
                             break
         return admitted
 
+    @staticmethod
+    def _rest_of_path(job: Job, book: PathBook, taken: set[str]) -> Admission | None:
+        """The devices a running job has steps on and does not hold, if all
+        are free; a retrieval with no bay yet takes the first free one."""
+        pending = {
+            d for s in job.steps if s.state is StepState.PENDING for d in s.devices
+        }
+        bays = book.bays_for(job)
+        choices: list[str | None] = [None]
+        if job.kind is JobKind.RETRIEVE and job.bay is None:
+            pending -= set(bays)  # planned through a provisional bay
+            choices = list(bays)
+        for bay in choices:
+            rest = (pending | ({bay} if bay else set())) - job.holds
+            if taken.isdisjoint(rest) and all(book.available(d, job) for d in rest):
+                return Admission(job, bay or job.bay or bays[0], [], frozenset(rest))
+        return None
+
 
 # -- the pipelined sequencer ----------------------------------------------------
 
@@ -183,24 +217,6 @@ class _Info:
     due: float  # its visitor is (or is expected) at the tower; else its request
     active: bool = True  # a kiosk retrieval becomes active shortly before due
     needs: set[str] | None = None  # devices it will still ask for
-
-    @staticmethod
-    def _rest_of_path(job: Job, book: PathBook, taken: set[str]) -> Admission | None:
-        """The devices a running job has steps on and does not hold, if all
-        are free; a retrieval with no bay yet takes the first free one."""
-        pending = {
-            d for s in job.steps if s.state is StepState.PENDING for d in s.devices
-        }
-        bays = book.bays_for(job)
-        choices: list[str | None] = [None]
-        if job.kind is JobKind.RETRIEVE and job.bay is None:
-            pending -= set(bays)  # planned through a provisional bay
-            choices = list(bays)
-        for bay in choices:
-            rest = (pending | ({bay} if bay else set())) - job.holds
-            if taken.isdisjoint(rest) and all(book.available(d, job) for d in rest):
-                return Admission(job, bay or job.bay or bays[0], [], frozenset(rest))
-        return None
 
 
 class Pipelined:
@@ -235,6 +251,15 @@ class Pipelined:
     so its car is in the bay about when the visitor comes instead of
     blocking a bay for minutes. A store that waited `store_patience_s` gets
     the lift's next free moment when nothing else it needs is taken.
+
+    Positioning (`positions`): an idle level shuttle that no open job wants
+    goes to the column that minimises the expected travel to the cars of its
+    level, and an idle lift that no job wants to the level that minimises
+    the expected time the lift would add to a retrieval. A car's weight is
+    its chance of being asked for next, estimated from its expected
+    departure: 1 for a car due now (or with no hint), falling by a factor e
+    every `position_spread_s` later. A device moves only when that saves at
+    least `position_gain_s` of expected retrieval time.
     """
 
     late_bay = True
@@ -251,6 +276,10 @@ class Pipelined:
         relocate_gain_s: float = 15.0,
         relocate_quiet_s: float = 60.0,
         relocate_lead_s: float = 1200.0,
+        position: bool = True,
+        position_spread_s: float = 1800.0,
+        position_gain_s: float = 0.5,
+        position_recheck_s: float = 60.0,
     ) -> None:
         self.store_patience_s = store_patience_s
         self.kiosk_margin_s = kiosk_margin_s
@@ -261,6 +290,14 @@ class Pipelined:
         self.relocate_gain_s = relocate_gain_s
         self.relocate_quiet_s = relocate_quiet_s
         self.relocate_lead_s = relocate_lead_s
+        self.position = position
+        self.position_spread_s = position_spread_s
+        self.position_gain_s = position_gain_s
+        self.position_recheck_s = position_recheck_s
+        # tower -> idle device -> (where, when, car changes, open jobs) when
+        # it was last looked at
+        self._position_seen: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self._tables: dict[str, tuple[list[list[float]], list[list[float]]]] = {}
         self._busy_at: dict[str, float] = {}  # tower -> last time a job was open
         self._quiet_wake: dict[str, float] = {}  # tower -> when it will be quiet
         # What the stores said of their cars: ticket -> (departure, size).
@@ -306,7 +343,7 @@ class Pipelined:
         view, now = book.view, book.now
         self._now = max(self._now, now)
         tower = view.tower
-        if not self.relocate or book.jobs:
+        if not self.relocate or _car_jobs(book):
             self._busy_at[tower] = now
             self._quiet_wake.pop(tower, None)
             return []
@@ -339,6 +376,133 @@ class Pipelined:
                     return [(ticket, target.id)]
         return []
 
+    def positions(self, book: PathBook) -> list[tuple[str, int]]:
+        """Idle devices to move, with no car, and where: (device, target).
+
+        Only a device that stands idle, holds no car and that no open job
+        wants or may want (a store not yet allocated may want any level) is
+        moved, so a positioning never makes a job wait for its device; a job
+        that comes while the move runs waits for its end, a few seconds.
+        See the class docstring for where each device goes.
+
+        A device is looked at again only when it has moved, an open job
+        came, went or changed state, or cars moved and `position_recheck_s`
+        passed: the cars of a shuttle's level move only with that shuttle,
+        and almost every job wants the lift, so the inputs rarely change.
+        """
+        if not self.position:
+            return []
+        now = self._now = max(self._now, book.now)
+        view = book.view
+        idle = book.idle_positions()
+        if not idle:
+            return []
+        last_seen = self._position_seen.get(view.tower, {})
+        seen = self._position_seen[view.tower] = {}
+        changes = book.car_changes
+        jobs = tuple((job.id, job.state) for job in book.jobs)
+        free = []
+        for device, here in idle:
+            last = last_seen.get(device)
+            seen[device] = (here, now, changes, jobs)
+            if (
+                last is not None
+                and last[0] == here
+                and last[3] == jobs
+                and (last[2] == changes or now - last[1] < self.position_recheck_s)
+            ):
+                seen[device] = last
+                continue
+            free.append((device, here))
+        if not free:
+            return []
+        levels = view.config.levels
+        wanted = _wanted(book, levels)
+        free = [(device, here) for device, here in free if device not in wanted]
+
+        weights: dict[str, float] = {}
+        moves = []
+        for device, here in free:
+            if device == LIFT:
+                cost = self._lift_cost(view, weights)
+                best = min(range(levels + 1), key=lambda k: (cost(k), abs(k - here)))
+            else:
+                cost = self._shuttle_cost(
+                    view, int(device.removeprefix("shuttle-")), weights
+                )
+                best = min(range(view.config.columns + 1), key=lambda c: (cost(c), c))
+            if cost(here) - cost(best) >= self.position_gain_s:
+                moves.append((device, best))
+        return moves
+
+    def _weight(self, ticket: str, memo: dict[str, float]) -> float:
+        """The chance, up to a factor, that a car is the next one asked for."""
+        weight = memo.get(ticket)
+        if weight is None:
+            known = self._cars.get(ticket)
+            later_s = 0.0 if known is None else max(0.0, known[0] - self._now)
+            weight = memo[ticket] = math.exp(-later_s / self.position_spread_s)
+        return weight
+
+    def _travel(self, view: TowerView) -> tuple[list[list[float]], list[list[float]]]:
+        """Shuttle times between columns and lift times between levels, s."""
+        tables = self._tables.get(view.tower)
+        if tables is None:
+            travel, config = view.travel, view.config
+            columns, levels = range(config.columns + 1), range(config.levels + 1)
+            tables = self._tables[view.tower] = (
+                [[travel.shuttle_s(a, b) for b in columns] for a in columns],
+                [[travel.lift_s(a, b) for b in levels] for a in levels],
+            )
+        return tables
+
+    def _shuttle_cost(
+        self, view: TowerView, level: int, weights: dict[str, float]
+    ) -> Callable[[int], float]:
+        """Expected shuttle travel to the next car of a level, from each column."""
+        per_level = 2 * view.config.columns  # slots are in (level, column) order
+        cars = [
+            (slot.id.column, self._weight(ticket, weights))
+            for slot in view.slots[(level - 1) * per_level : level * per_level]
+            if (ticket := view.car_at(slot)) is not None and view.blocked(slot) is None
+        ]
+        total = sum(w for _, w in cars) or 1.0
+        table = self._travel(view)[0]
+
+        def cost(column: int) -> float:
+            row = table[column]
+            return sum(w * row[c] for c, w in cars) / total
+
+        return cost
+
+    def _lift_cost(
+        self, view: TowerView, weights: dict[str, float]
+    ) -> Callable[[int], float]:
+        """Expected time the lift's trip adds to a retrieval, from each level.
+
+        The lift goes to the car's level while the level shuttle picks the
+        car and brings it to the lift (a transfer and the trip to column 0),
+        so only what it takes longer counts. A store gives the lift more time
+        than that (the bay check, the ground shuttle's pick), so it is left
+        out.
+        """
+        shuttle_table, lift_table = self._travel(view)
+        transfer_s = view.config.physics.transfer_s
+        cars = [
+            (slot.id.level, transfer_s + shuttle_table[slot.id.column][0],
+             self._weight(ticket, weights))
+            for slot in view.slots
+            if (ticket := view.car_at(slot)) is not None
+            and view.blocked(slot) is None
+        ]  # fmt: skip
+        total = sum(w for _, _, w in cars) or 1.0
+
+        def cost(level: int) -> float:
+            row = lift_table[level]
+            return sum(w * max(0.0, row[k] - slack_s) for k, slack_s, w in cars) / total
+
+        return cost
+
     def next_wake(self) -> float | None:
         """When a held-back kiosk retrieval becomes active or an idle tower
         becomes quiet enough to relocate, the earliest still to come; or None.
@@ -349,6 +513,26 @@ class Pipelined:
         """
         times = [*self._wake.values(), *self._quiet_wake.values()]
         return min((t for t in times if t > self._now), default=None)
+
+
+def _car_jobs(book: PathBook) -> list[Job]:
+    """The open jobs of a tower that move a car (not positionings)."""
+    return [job for job in book.jobs if job.kind is not JobKind.POSITION]
+
+
+def _wanted(book: PathBook, levels: int) -> set[str]:
+    """Every device an open car job holds, still has a step on, or may want."""
+    wanted: set[str] = set()
+    for job in _car_jobs(book):
+        wanted |= job.holds
+        if job.kind is JobKind.STORE and job.state in _MEASURING:
+            wanted |= {GROUND, LIFT, *(shuttle(k) for k in range(1, levels + 1))}
+        elif job.state is JobState.WAITING_PATH and job.slot is not None:
+            wanted |= devices_of(book.plan_for(job, book.bays_for(job)[0]))
+        for step in job.steps:
+            if step.state is not StepState.DONE:
+                wanted.update(step.devices)
+    return wanted
 
 
 class _Round:

@@ -300,21 +300,28 @@ class _Book:
     def car_changes(self) -> int:
         return self._core.inventory.changes
 
-    def position_of(self, device: str) -> int | None:
+    def idle_positions(self) -> list[tuple[str, int]]:
         t = self._tower
-        if device in t.holders or device in t.stranded:
-            return None
-        link = t.links.get(device)
-        if (
-            link is None
-            or link.kind == "bay"
-            or not link.ready
-            or self._core.inventory.at(t.id, device) is not None
-            or link.flag("loaded")
-        ):
-            return None
-        where = (link.status or {}).get("level" if link.kind == "lift" else "column")
-        return where if isinstance(where, int) else None
+        inventory = self._core.inventory
+        idle = []
+        for name, link in t.links.items():
+            if (
+                link.inflight is None
+                and link.state == "idle"
+                and link.kind != "bay"
+                and name != "shuttle-0"
+                and name not in t.holders
+                and name not in t.stranded
+                and link.ready
+                and not link.flag("loaded")
+                and inventory.at(t.id, name) is None
+            ):
+                where = (link.status or {}).get(
+                    "level" if link.kind == "lift" else "column"
+                )
+                if isinstance(where, int):
+                    idle.append((name, where))
+        return idle
 
 
 class SiteCore:
@@ -957,9 +964,10 @@ class SiteCore:
         if propose is None:
             return
         book = _Book(self, t)
+        idle = dict(book.idle_positions())
         for device, target in propose(book):
-            here = book.position_of(device)
-            if here is None or here == target or t.links[device].kind == "bay":
+            here = idle.get(device)
+            if here is None or here == target:
                 why = f"bad positioning of {device} (at {here}) to {target}"
                 raise IllegalTransition("sequencer", why, device)
             link = t.links[device]

@@ -136,6 +136,32 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX jobs_open ON jobs (state) WHERE state = 'open'",
     ),
+    # 1 -> 2: positioning jobs (no car, no ticket). SQLite cannot alter a
+    # CHECK, so the jobs table is rebuilt, its rows and rowids kept (the open
+    # jobs are read back in rowid order).
+    (
+        """CREATE TABLE jobs_v2 (
+            job_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL
+                CHECK (kind IN ('store', 'retrieve', 'relocate', 'position')),
+            tower TEXT NOT NULL,
+            ticket TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('open', 'finished')),
+            created_at TEXT NOT NULL,
+            finished_at TEXT,
+            outcome TEXT CHECK (outcome IN ('done', 'failed', 'cancelled')),
+            reason TEXT
+        )""",
+        "INSERT INTO jobs_v2 (rowid, job_id, kind, tower, ticket, origin,"
+        " destination, state, created_at, finished_at, outcome, reason)"
+        " SELECT rowid, job_id, kind, tower, ticket, origin, destination, state,"
+        " created_at, finished_at, outcome, reason FROM jobs",
+        "DROP TABLE jobs",
+        "ALTER TABLE jobs_v2 RENAME TO jobs",
+        "CREATE INDEX jobs_open ON jobs (state) WHERE state = 'open'",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -338,12 +364,25 @@ class Journal:
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise JournalError(self.path, "io", f"cannot switch to WAL ({mode})")
+            # A table rebuild drops a table others refer to: the references
+            # are checked by hand before each commit instead (SQLite's own
+            # procedure for schema changes ALTER TABLE cannot make).
+            self._db.execute("PRAGMA foreign_keys = OFF")
             for version in range(found, SCHEMA_VERSION):
                 with self._transaction():
                     for statement in _MIGRATIONS[version]:
                         self._db.execute(statement)
+                    broken = self._db.execute("PRAGMA foreign_key_check").fetchone()
+                    if broken is not None:
+                        raise JournalError(
+                            self.path,
+                            "io",
+                            f"migration to version {version + 1} breaks a "
+                            f"reference in table {broken[0]}; left at {version}",
+                        )
                     self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     self._db.execute(f"PRAGMA user_version = {version + 1}")
+            self._db.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise _translate(self.path, exc) from None
 
