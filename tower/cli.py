@@ -27,6 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     from tower.config import load_site
     from tower.console.server import ControlSocketError
     from tower.console.tokens import TokenFileError
+    from tower.core.restore import UnknownTowers
     from tower.feed.publisher import FeedUrlError
     from tower.service import Controller, SiteMismatch, mqtt_url_from, run_controller
     from tower.store.journal import JournalError
@@ -54,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         ControlSocketError,
         FeedUrlError,
         SiteMismatch,
+        UnknownTowers,
     ) as group:
         raise StartupError(group.exceptions[0]) from None
 

@@ -67,6 +67,9 @@ COMMANDS: dict[str, Role] = {
     "cancel": Role.OPERATOR,
     "reset": Role.OPERATOR,
     "mode": Role.MAINTENANCE,
+    "place": Role.MAINTENANCE,
+    "remove": Role.MAINTENANCE,
+    "unblock": Role.MAINTENANCE,
 }
 
 
@@ -460,6 +463,18 @@ class Controller:
                 )
             await self.apply(ev.SetMode(tower, mode))
             return {"tower": tower, "mode": mode}
+        if command == "place":
+            ticket, place = _required(args, "ticket"), _required(args, "place")
+            await self.apply(ev.PlaceCar(ticket, place))
+            return {"placed": place}
+        if command == "remove":
+            await self.apply(ev.RemoveCar(_required(args, "ticket")))
+            return {"removed": True}
+        if command == "unblock":
+            tower, slot = _required(args, "tower"), _required(args, "slot")
+            self._check_tower(tower)
+            await self.apply(ev.UnblockSlot(tower, slot))
+            return {"tower": tower, "unblocked": slot}
         raise _refused("unknown_command", f"no command {command!r}")
 
     def _check_tower(self, tower: str) -> None:

@@ -251,3 +251,40 @@ def test_a_blocked_slot_returns_to_service_once_sensor_and_inventory_agree():
     assert SlotUnblocked(TOWER, "01-02-R") in h.records
     assert h.core.status()["towers"][0]["closed"] == 0
     assert not any(device == "01-02-R" for device, _code in alarm_codes(h))
+
+
+def test_a_car_moved_by_hand_unannounced_is_found_on_return_to_auto():
+    """In manual, someone moves a parked car to another slot and says
+    nothing. Back to auto the audit compares every slot sensor with the
+    journal: both slots are blocked with alarms, the inventory is left as it
+    was (never overwritten from a sensor), and the rest of the tower works.
+    Maintenance then says where the car is: both slots return to service and
+    the car comes back from where it really is."""
+    h = Harness(small_site(levels=3), allocator=Slots("01-01-L", "03-02-R"))
+    moved = h.arrive(TOWER, "bay-1", Car("moved"))
+    other = h.arrive(TOWER, "bay-1", Car("other"))
+    h.run_until_idle(limit=2000)
+    assert h.core.ticket(moved)["place"] == "01-01-L"
+
+    h.operate(SetMode(TOWER, "manual"))
+    h.plant.move_by_hand("moved", "02-01-R")
+    h.poll()
+    h.operate(SetMode(TOWER, "auto"))
+
+    tower = h.core.status()["towers"][0]
+    assert tower["state"] == "auto"
+    blocked = {device for device, _code in alarm_codes(h)}
+    assert {"01-01-L", "02-01-R"} <= blocked
+    assert h.core.ticket(moved)["place"] == "01-01-L"  # not taken from a sensor
+    h.retrieve(other)
+    h.run_until_idle(limit=h.now + 1000)
+    assert h.delivered == {other: "other"}
+
+    h.operate(SetMode(TOWER, "manual"))
+    h.operate(PlaceCar(moved, "02-01-R"))
+    assert not {"01-01-L", "02-01-R"} & {d for d, _c in alarm_codes(h)}
+    h.operate(SetMode(TOWER, "auto"))
+    assert h.core.status()["towers"][0]["closed"] == 0
+    h.retrieve(moved)
+    h.run_until_idle(limit=h.now + 1000)
+    assert h.delivered[moved] == "moved"
