@@ -1,10 +1,14 @@
 """Named policies: an allocator and a sequencer that work together.
 
-The benchmark (`tower bench --policy NAME`) chooses a policy by name. A policy
-is a pair of factories, so every run gets fresh policy objects (both keep
-per-car bookkeeping). The first two are the baselines of issue 3; `zoned` is
-the project's policy; the two in between separate what allocation and what
-sequencing contribute.
+The benchmark (`tower bench --policy NAME`) and the controller (the site
+file's `[policy] name`, `pipelined` by default) choose a policy by name. A
+policy is a pair of factories, so every run gets fresh policy objects (both
+keep per-car bookkeeping). The first two are the baselines of issue 3; `zoned`
+is the project's policy; the two in between separate what allocation and what
+sequencing contribute. `zoned` and the relocations and kiosk staging of
+`pipelined` live on request hints that the control socket does not carry yet,
+which is why the controller's default is `pipelined` (docs/architecture.md,
+"Policy").
 """
 
 from __future__ import annotations
@@ -69,4 +73,4 @@ BASELINE = "nearest"
 """The strong baseline the benchmark compares against."""
 
 DEFAULT = "zoned"
-"""The project's policy."""
+"""The project's policy, in the benchmark (where requests carry hints)."""
