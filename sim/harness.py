@@ -18,6 +18,14 @@ carries out the actions the core returns:
 - `Occupancy`, `Alarm`, `AlarmCleared`: recorded;
 - `ReadStatus`: the device's status is fed again.
 
+Faults of the link and the controller, for the stateful tests: `mute()` stops
+delivering a device's statuses (its replies are lost, a poll times out) until
+`unmute()` delivers the current one; `fail_next_write()` makes the next
+command to a device fail in the shell (written or not) and reports
+`CommandWriteFailed`; `fault_next_command()` makes the next command that
+reaches a device fault halfway; `restart()` replaces the core by a new one
+built from the journal records, the plant running on meanwhile.
+
 Visitors: `arrive()` drives a car into a bay (waiting for the bay to stand
 open and empty) and sends the store request once the driver has walked out;
 `retrieve()` asks for a ticket's car; when a retrieve job ends with the car
@@ -42,7 +50,7 @@ from typing import Any, Protocol
 
 from sim.plant import Car, Plant
 from tower.config import SiteConfig
-from tower.core import Allocator, RequestRefused, SiteCore
+from tower.core import Allocator, RequestRefused, RestoredState, SiteCore
 from tower.core.actions import (
     Action,
     Alarm,
@@ -53,6 +61,7 @@ from tower.core.actions import (
     SendCommand,
 )
 from tower.core.events import (
+    CommandWriteFailed,
     DeviceStatus,
     Event,
     RetrieveRequested,
@@ -116,6 +125,7 @@ class Harness:
         self.site = site
         self.rng = random.Random(seed)
         self.plant = Plant(site, watch_heartbeat=False)
+        self.allocator = allocator
         self.core = SiteCore(
             site, allocator=allocator, sequencer=sequencer, heartbeat_timeout_s=None
         )
@@ -130,6 +140,8 @@ class Harness:
         self.jobs: dict[str, JobTimes] = {}
         self.car_of: dict[str, str] = {}  # ticket -> car id that arrived with it
         self.delivered: dict[str, str] = {}  # ticket -> car id the visitor got
+        # ticket -> car id its driver took back (a store refused or cancelled)
+        self.returned: dict[str, str] = {}
         # A visitor who asked ahead (at a kiosk) reaches the bay later: ticket ->
         # when, and how long the driver then takes to get in and drive off.
         # Without an entry the visitor collects at once, in the car's own time.
@@ -145,6 +157,10 @@ class Harness:
         self._batch: list[Record] = []
         self._hints: dict[str, tuple[float | None, bool]] = {}  # ticket -> hints
         self._reread: set[tuple[str, str]] = set()
+        self.muted: set[tuple[str, str]] = set()  # devices whose replies are lost
+        # (tower, device) -> whether the next command's failed write still landed
+        self._failing: dict[tuple[str, str], bool] = {}
+        self._faults: dict[tuple[str, str], str] = {}  # -> fault of its next command
 
         for tower in site.towers:
             for device in tower.device_names():
@@ -214,6 +230,73 @@ class Harness:
                 self._feed(tower.id, device)
         self._settle()
 
+    # -- faults of the link and the controller ---------------------------------
+
+    def mute(self, tower: str, device: str) -> None:
+        """Lose every reply of a device from now on: the core gets no status
+        of it (no poll, no re-read) until `unmute()`. Commands still reach it."""
+        self.muted.add((tower, device))
+
+    def unmute(self, tower: str, device: str) -> None:
+        """The device answers again: its current status is fed, late."""
+        self.muted.discard((tower, device))
+        self._feed(tower, device)
+        self._settle()
+
+    def fail_next_write(self, tower: str, device: str, *, landed: bool) -> None:
+        """The next command to a device fails in the shell (a lost reply to
+        the write): with `landed` it reached the PLC all the same. The core
+        hears of it as `CommandWriteFailed`, as the shell reports it."""
+        self._failing[tower, device] = landed
+
+    def fault_next_command(self, tower: str, device: str, fault: str) -> None:
+        """The next command that reaches a device faults halfway with the
+        PLC fault code `fault` (see `Plant.inject_fault`)."""
+        self._faults[tower, device] = fault
+
+    def clear_faults(self) -> None:
+        """Forget the write failures and command faults not met yet."""
+        self._failing.clear()
+        self._faults.clear()
+
+    def restart(
+        self,
+        *,
+        sequencer: Sequencer | None = None,
+        downtime_s: float = 0.0,
+        watchdog_s: float | None = None,
+    ) -> None:
+        """The controller dies now and starts again from its journal records.
+
+        Everything the core emitted so far is in the journal (the harness
+        flushes a batch before each command and after each round). The plant
+        runs on for `downtime_s`; with `watchdog_s`, a PLC stops its running
+        motion that long after the dead controller's last heartbeat. The new
+        core (with `sequencer`, default a whole-path one, as a new process
+        has) is fed a full poll; muted devices stay unheard.
+        """
+        plant = self.plant
+        self._reread = set()
+        self._flush()
+        if watchdog_s is not None:
+            for tower in self.site.towers:
+                for device in tower.device_names():
+                    beat = plant.commands(tower.id, device)["heartbeat_ctl"] + 1
+                    plant.write(tower.id, device, {"heartbeat_ctl": beat})
+            plant.set_heartbeat_timeouts(watchdog_s)
+            plant.watch_heartbeat = True
+        plant.advance(self.now + downtime_s)
+        plant.watch_heartbeat = False
+        self.now = plant.now
+        self.core = SiteCore(
+            self.site,
+            allocator=self.allocator,
+            restored=RestoredState.from_records(self.records),
+            sequencer=sequencer,
+            heartbeat_timeout_s=None,
+        )
+        self.poll()
+
     def _queue_arrival(self, tower: str, bay: str, ticket: str, car: Car) -> None:
         self._waiting.setdefault((tower, bay), []).append((ticket, car))
         self._admit_arrivals()
@@ -244,7 +327,7 @@ class Harness:
             if not self._request(event):
                 # Refused: the driver takes the car away again.
                 del self.jobs[job_id]
-                self.plant.driver_collects(tower, bay)
+                self.returned[ticket] = self.plant.driver_collects(tower, bay).id
 
     def _request_retrieve(
         self,
@@ -273,10 +356,19 @@ class Harness:
         car = self.plant.driver_collects(tower, bay, self.collect_s.get(ticket))
         self.delivered[ticket] = car.id
 
-    def _take_back(self, tower: str, bay: str) -> None:
+    def _take_back(self, tower: str, bay: str, ticket: str) -> None:
+        """The driver of a store that ended without its car parked takes the
+        car back, if it stands in the open bay (waiting while someone else is
+        still inside)."""
+        if self.plant.car_in(tower, bay) != self.car_of[ticket]:
+            return
         flags = self.plant.status(tower, bay)["flags"]
-        if flags["vehicle_present"] and not flags["door_closed"]:
-            self.plant.driver_collects(tower, bay)
+        if flags["door_closed"]:
+            return
+        if flags["person_present"]:
+            self._at(self.now + 1.0, lambda: self._take_back(tower, bay, ticket))
+            return
+        self.returned[ticket] = self.plant.driver_collects(tower, bay).id
 
     # -- the event loop --------------------------------------------------------
 
@@ -308,6 +400,17 @@ class Harness:
             and not self._dropping
             and not any(self._waiting.values())
             and self.plant.next_event_time() is None
+        )
+
+    def settled(self) -> bool:
+        """Nothing happens any more unless someone acts: nothing scheduled, no
+        driver in a bay, the plant still, no deadline of the core due. Open
+        jobs may wait for an operator; cars may wait for a bay."""
+        return (
+            not self._schedule
+            and not self._dropping
+            and self.plant.next_event_time() is None
+            and self.core.next_deadline() is None
         )
 
     def _next_time(self) -> float | None:
@@ -351,6 +454,8 @@ class Harness:
         raise HarnessStuck(f"statuses did not settle at {self.now} s")
 
     def _feed(self, tower: str, device: str) -> None:
+        if (tower, device) in self.muted:
+            return
         self._handle(DeviceStatus(tower, device, self.plant.status(tower, device)))
 
     def _request(self, event: Event) -> bool:
@@ -389,13 +494,21 @@ class Harness:
         for hook in self.on_command:
             hook(self, command)
         self.commands.append(command)
-        first: dict[str, Any] = {"cmd_seq": command.seq}
-        if device == "lift" or device.startswith("shuttle-"):
-            first["cmd_target"] = command.target
-        if device.startswith("shuttle-"):
-            first["cmd_side"] = command.side
-        self.plant.write(tower, device, first)
-        self.plant.write(tower, device, {"cmd_code": command.code})
+        failed = self._failing.pop((tower, device), None)
+        if failed is not None:
+            report = CommandWriteFailed(tower, device, command.seq, "no reply")
+            self._at(None, lambda: self._handle(report))
+        if failed is not False:  # written, or the failed write landed anyway
+            fault = self._faults.pop((tower, device), None)
+            if fault is not None:
+                self.plant.inject_fault(tower, device, fault)
+            first: dict[str, Any] = {"cmd_seq": command.seq}
+            if device == "lift" or device.startswith("shuttle-"):
+                first["cmd_target"] = command.target
+            if device.startswith("shuttle-"):
+                first["cmd_side"] = command.side
+            self.plant.write(tower, device, first)
+            self.plant.write(tower, device, {"cmd_code": command.code})
 
     def _record(self, record: Record) -> None:
         self.records.append(record)
@@ -419,7 +532,7 @@ class Harness:
                 self._at(at, lambda: self._collect(tower, bay, ticket))
             elif times.kind is JobKind.STORE and not done:
                 # Refused after the check, or cancelled: the driver takes it back.
-                self._at(None, lambda: self._take_back(tower, bay))
+                self._at(None, lambda: self._take_back(tower, bay, ticket))
 
     def _flush(self) -> None:
         if self._batch and self.journal is not None:
