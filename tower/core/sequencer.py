@@ -259,7 +259,11 @@ class Pipelined:
     its chance of being asked for next, estimated from its expected
     departure: 1 for a car due now (or with no hint), falling by a factor e
     every `position_spread_s` later. A device moves only when that saves at
-    least `position_gain_s` of expected retrieval time.
+    least `position_gain_s` of expected retrieval time. With
+    `position_quiet` (the default) only on a tower with no open car job:
+    that is where a single retrieval gains (docs/benchmarks.md), and busy
+    spells keep their devices to themselves. `position_lift=False` leaves
+    the lift where its last job left it.
     """
 
     late_bay = True
@@ -280,6 +284,8 @@ class Pipelined:
         position_spread_s: float = 1800.0,
         position_gain_s: float = 0.5,
         position_recheck_s: float = 60.0,
+        position_lift: bool = True,
+        position_quiet: bool = True,
     ) -> None:
         self.store_patience_s = store_patience_s
         self.kiosk_margin_s = kiosk_margin_s
@@ -294,6 +300,8 @@ class Pipelined:
         self.position_spread_s = position_spread_s
         self.position_gain_s = position_gain_s
         self.position_recheck_s = position_recheck_s
+        self.position_lift = position_lift
+        self.position_quiet = position_quiet
         # tower -> idle device -> (where, when, car changes, open jobs) when
         # it was last looked at
         self._position_seen: dict[str, dict[str, tuple[Any, ...]]] = {}
@@ -385,39 +393,48 @@ class Pipelined:
         that comes while the move runs waits for its end, a few seconds.
         See the class docstring for where each device goes.
 
-        A device is looked at again only when it has moved, an open job
-        came, went or changed state, or cars moved and `position_recheck_s`
-        passed: the cars of a shuttle's level move only with that shuttle,
-        and almost every job wants the lift, so the inputs rarely change.
+        A free device is looked at again only when it has moved; one that a
+        job wanted, when an open job came, went or changed state; one that
+        no job wanted, when cars moved and `position_recheck_s` passed (the
+        cars of a shuttle's level move only with that shuttle, and almost
+        every car job wants the lift).
         """
         if not self.position:
             return []
         now = self._now = max(self._now, book.now)
         view = book.view
         idle = book.idle_positions()
-        if not idle:
+        if not self.position_lift:
+            idle = [(device, here) for device, here in idle if device != LIFT]
+        if not idle or (self.position_quiet and _car_jobs(book)):
             return []
         last_seen = self._position_seen.get(view.tower, {})
         seen = self._position_seen[view.tower] = {}
         changes = book.car_changes
-        jobs = tuple((job.id, job.state) for job in book.jobs)
+        jobs: tuple[tuple[str, JobState], ...] | None = None
         free = []
         for device, here in idle:
             last = last_seen.get(device)
-            seen[device] = (here, now, changes, jobs)
-            if (
-                last is not None
-                and last[0] == here
-                and last[3] == jobs
-                and (last[2] == changes or now - last[1] < self.position_recheck_s)
-            ):
-                seen[device] = last
-                continue
+            if last is not None and last[0] == here:
+                if last[3] is None:  # it was free to move: unless cars moved
+                    if last[2] == changes or now - last[1] < self.position_recheck_s:
+                        seen[device] = last
+                        continue
+                else:  # a job wanted it: unless the jobs changed
+                    if jobs is None:
+                        jobs = tuple((job.id, job.state) for job in book.jobs)
+                    if last[3] == jobs:
+                        seen[device] = last
+                        continue
             free.append((device, here))
         if not free:
             return []
         levels = view.config.levels
         wanted = _wanted(book, levels)
+        if jobs is None and any(device in wanted for device, _ in free):
+            jobs = tuple((job.id, job.state) for job in book.jobs)
+        for device, here in free:
+            seen[device] = (here, now, changes, jobs if device in wanted else None)
         free = [(device, here) for device, here in free if device not in wanted]
 
         weights: dict[str, float] = {}

@@ -219,6 +219,8 @@ class _Tower:
         # that reserves a path piece by piece, see `Admission.reserve`).
         self.partial: set[str] = set()
         self.stranded: set[str] = set()  # devices holding a car no job accounts for
+        # The devices a positioning may move: the lift and the level shuttles.
+        self.movers = ["lift", *(f"shuttle-{k}" for k in range(1, config.levels + 1))]
         self.first_start = True
         self.occupancy: Occupancy | None = None
         self.dirty = True
@@ -234,6 +236,7 @@ class _Book:
     def __init__(self, core: SiteCore, tower: _Tower) -> None:
         self._core = core
         self._tower = tower
+        self._idle: list[tuple[str, int]] | None = None
 
     def plan_for(self, job: Job, bay: str) -> list[plan.StepSpec]:
         cached = job.plans.get(bay)
@@ -301,16 +304,17 @@ class _Book:
         return self._core.inventory.changes
 
     def idle_positions(self) -> list[tuple[str, int]]:
+        if self._idle is not None:
+            return self._idle  # one answer per book: the core checks with it
         t = self._tower
         inventory = self._core.inventory
         idle = []
-        for name, link in t.links.items():
+        for name in t.movers:
+            link = t.links[name]
             if (
-                link.inflight is None
+                name not in t.holders
+                and link.inflight is None
                 and link.state == "idle"
-                and link.kind != "bay"
-                and name != "shuttle-0"
-                and name not in t.holders
                 and name not in t.stranded
                 and link.ready
                 and not link.flag("loaded")
@@ -321,6 +325,7 @@ class _Book:
                 )
                 if isinstance(where, int):
                     idle.append((name, where))
+        self._idle = idle
         return idle
 
 
@@ -966,7 +971,7 @@ class SiteCore:
         book = _Book(self, t)
         idle = dict(book.idle_positions())
         for device, target in propose(book):
-            here = idle.get(device)
+            here = idle.pop(device, None)  # one positioning per device
             if here is None or here == target:
                 why = f"bad positioning of {device} (at {here}) to {target}"
                 raise IllegalTransition("sequencer", why, device)
@@ -1986,6 +1991,8 @@ class SiteCore:
     def _job_dict(self, job: Job) -> dict[str, Any]:
         if job.kind is JobKind.STORE:
             origin, destination = job.bay, str(job.slot) if job.slot else ""
+        elif job.kind is JobKind.POSITION and job.steps:
+            origin, destination = job.steps[0].device, str(job.steps[0].target)
         else:
             origin, destination = str(job.slot) if job.slot else "", job.bay or ""
         return {
