@@ -65,6 +65,17 @@ def test_no_wait_is_below_its_physics_bound(runs):
         assert 0 <= m["lift_utilisation"] <= 1
 
 
+def test_only_the_pipelined_policies_position_idle_devices(runs):
+    """Positioning jobs come with the pipelined sequencer only, and each
+    visitor who asked during one is one of the day's retrievals."""
+    for name, result in runs.items():
+        m = result.metrics
+        pipelined = name in ("pipelined", "zoned")
+
+        assert (m["positionings"] > 0) == pipelined
+        assert 0 <= m["positioning_overlaps"] <= m["retrievals"]
+
+
 def test_the_same_seed_gives_the_same_result(small, runs):
     """A second run of the same seed and policy measures the same day (the
     CPU figures aside)."""
