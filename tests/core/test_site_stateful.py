@@ -846,7 +846,6 @@ def test_a_command_whose_writes_failed_does_not_stop_its_job_for_good():
         assert h.parked(TOWER) == {"01-01-L": "c1"}
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a restored held job retakes its bay")
 def test_a_job_held_at_restart_keeps_only_the_devices_it_held():
     """A store held with its car on the level shuttle (switched to manual
     mid-move) holds that shuttle; after a restart it does not take back the

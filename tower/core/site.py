@@ -1826,7 +1826,16 @@ class SiteCore:
         job.reason = f"open at restart; car {rjob.ticket} at {place}: {why}"
         if job.kind is JobKind.POSITION:
             job.reason = f"open at restart: {why}"
+        # A bay the journal shows released (its car gone on) stays free.
+        done = {(r.step, r.seq) for r in rjob.results if r.outcome == "done"}
+        released = {
+            i.device
+            for i in rjob.intents
+            if i.code == "release" and (i.step, i.seq) in done
+        }
         for device in (job.bay, car.place if car else None):
+            if device in released and (car is None or car.place != device):
+                continue
             if device in t.links and t.holders.get(device, job.id) == job.id:
                 self._hold(t, job, device)
         message = f"job {job.id} ({job.kind.value}) {job.reason}; held"
