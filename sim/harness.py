@@ -497,7 +497,12 @@ class Harness:
         failed = self._failing.pop((tower, device), None)
         if failed is not None:
             report = CommandWriteFailed(tower, device, command.seq, "no reply")
-            self._at(None, lambda: self._handle(report))
+
+            def report_failure(writer: SiteCore = self.core) -> None:
+                if self.core is writer:  # it dies with the controller that wrote
+                    self._handle(report)
+
+            self._at(None, report_failure)
         if failed is not False:  # written, or the failed write landed anyway
             fault = self._faults.pop((tower, device), None)
             if fault is not None:
