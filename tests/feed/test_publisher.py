@@ -324,6 +324,36 @@ async def test_cancelled_run_without_stop_leaves_offline(mosquitto: Mosquitto) -
     assert not feed.connected
 
 
+async def test_cancel_swallowed_by_a_publish_still_ends_the_run(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11, asyncio.wait_for (aiomqtt waits for each PUBACK with
+    it) returns normally when a cancellation lands as its future completes:
+    the cancellation is lost. A publish that does just that must not leave
+    the feed's task waiting for ever (a controller that never stops)."""
+    feed = make_feed(mosquitto)
+    task = asyncio.create_task(feed.run(), name="test.feed")
+    await eventually(lambda: feed.connected)
+    publishing = asyncio.Event()
+    real_publish = aiomqtt.Client.publish
+
+    async def publish_losing_the_cancel(self, *args: Any, **kwargs: Any) -> None:
+        publishing.set()
+        try:
+            await asyncio.sleep(0.5)  # waiting for the PUBACK
+        except asyncio.CancelledError:
+            await real_publish(self, *args, **kwargs)  # the PUBACK came after all
+
+    monkeypatch.setattr(aiomqtt.Client, "publish", publish_losing_the_cancel)
+    feed.update_tower("tower-a", **figures(occupied=11))
+    await asyncio.wait_for(publishing.wait(), timeout=5)
+    task.cancel()
+
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done, "the feed's task swallowed its cancellation and kept waiting"
+    assert task.cancelled()
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 async def test_broker_restart_republishes_only_the_latest_state(
     mosquitto: Mosquitto, how: str

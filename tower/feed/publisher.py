@@ -373,6 +373,13 @@ class OccupancyFeed:
         self, client: aiomqtt.Client, topic: str, payload: bytes
     ) -> None:
         await client.publish(topic, payload, qos=QOS, retain=True)
+        # aiomqtt waits for the PUBACK with asyncio.wait_for, which on Python
+        # 3.11 returns the result and drops a cancellation that lands as the
+        # PUBACK comes in. Unchecked, the task would go on to wait for work
+        # that never comes, and a stopping controller with it.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
 
     async def _farewell(self, client: aiomqtt.Client) -> None:
         if not self._connected:
