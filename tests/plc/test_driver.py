@@ -26,7 +26,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from sim.faultproxy import FaultProxy
 from tower.errors import DeviceError
 from tower.plc.codec import Table
-from tower.plc.driver import Backoff, DeviceDriver
+from tower.plc.driver import Backoff, DeviceDriver, WriteNotKept
 from tower.plc.profile import Profile, load_profile
 
 PROFILES = Path(__file__).resolve().parents[2] / "plc_profiles"
@@ -322,7 +322,8 @@ async def test_driver_writes_the_heartbeat_only_after_a_status_read(
 async def test_command_writes_its_groups_in_order_then_reads_status(
     proxy: FaultProxy, plc: BenchPlc
 ) -> None:
-    """Target and sequence go in one request, the code in the next, then a poll."""
+    """Target and sequence go in one request and are read back; the code
+    that latches them goes in the next, then a poll."""
     recorder = Recorder()
     driver = make_driver(proxy.port, recorder, poll_s=1.0, heartbeat_s=1.0)
 
@@ -330,10 +331,10 @@ async def test_command_writes_its_groups_in_order_then_reads_status(
         await until(lambda: len(plc.written("heartbeat_ctl")) == 1)
         before = len(proxy.exchanges)
         await driver.command({"cmd_target": 5, "cmd_seq": 17}, {"cmd_code": "move"})
-        await until(lambda: len(proxy.exchanges) >= before + 3)
+        await until(lambda: len(proxy.exchanges) >= before + 4)
 
-    functions = [e.function_code for e in list(proxy.exchanges)[before : before + 3]]
-    assert functions == [16, 16, 4]
+    functions = [e.function_code for e in list(proxy.exchanges)[before : before + 4]]
+    assert functions == [16, 3, 16, 4]
     assert plc.writes[-2:] == [(Table.HOLDING, 0, [5, 17]), (Table.HOLDING, 2, [1])]
 
 
@@ -459,3 +460,47 @@ async def test_a_read_back_of_our_own_heartbeat_is_not_contested(plc: BenchPlc) 
     async with running(driver):
         await until(lambda: len(plc.written("heartbeat_ctl")) >= 20)
     assert not any(s["contested"] for s in recorder.statuses)
+
+
+class ClampingPlc(BenchPlc):
+    """A bench PLC whose firmware clamps the target level to 3 instead of
+    refusing a value it cannot serve."""
+
+    async def _action(
+        self, function_code, start_address, address, count, registers, values
+    ):
+        target = self.profile.register("cmd_target").wire_address
+        if values is not None and address <= target < address + len(values):
+            values = list(values)
+            values[target - address] = min(int(values[target - address]), 3)
+        return await super()._action(
+            function_code, start_address, address, count, registers, values
+        )
+
+
+async def test_a_clamped_command_parameter_fails_the_command_before_its_latch() -> None:
+    """The PLC keeps 3 where the controller wrote target 5: the command fails
+    naming the register and both values, the command code is never written
+    (nothing moves to the wrong level), and the link stays up."""
+    plc = ClampingPlc(LIFT)
+    await plc.start()
+    recorder = Recorder()
+    driver = make_driver(plc.port, recorder)
+    try:
+        async with running(driver):
+            await until(lambda: driver.online)
+            with pytest.raises(WriteNotKept) as failed:
+                await driver.command(
+                    {"cmd_target": 5, "cmd_seq": 17}, {"cmd_code": "move"}
+                )
+            polls = driver.polls
+            await until(lambda: driver.polls > polls + 2)
+            assert driver.online
+    finally:
+        await plc.close()
+
+    message = str(failed.value)
+    assert "cmd_target" in message
+    assert "wrote 5, reads back 3" in message
+    assert plc.written("cmd_code") == []
+    assert recorder.offline == []

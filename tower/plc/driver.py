@@ -76,6 +76,11 @@ FaultCallback = Callable[[str, str, DeviceError], None]
 
 _log = structlog.get_logger("tower.plc")
 
+OWNER_WINDOW = 8
+"""How many heartbeat read-backs the second-master check looks at."""
+OWNER_FOREIGN = 2
+"""Foreign read-backs among them that mark a device contested."""
+
 _READ_FUNCTIONS = {Table.COIL: 1, Table.DISCRETE_INPUT: 2}
 """Function codes of the bit reads; register reads are 3 (holding), 4 (input)."""
 
@@ -112,6 +117,11 @@ class Backoff:
 class _Command:
     points: list[dict[str, Any]]
     done: asyncio.Future[None]
+
+
+class WriteNotKept(DeviceError):
+    """A command parameter did not read back as written: the PLC rejected or
+    clamped it. The command's latch was not written."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,8 @@ class DeviceDriver:
             heartbeat_start = random.randrange(65536)
         self._heartbeat = heartbeat_start % 65536
         self._hb_written: int | None = None  # last heartbeat written, this link
-        self._hb_foreign = 0  # read-backs in a row that were not ours
+        # Whether each of the last read-backs was someone else's value.
+        self._hb_owner: deque[bool] = deque(maxlen=OWNER_WINDOW)
         self.contested = False
         """Whether another master writes this PLC's controller heartbeat."""
         self._last_request = -float("inf")
@@ -252,7 +263,8 @@ class DeviceDriver:
 
     async def _connect(self) -> None:
         await self._disconnect()  # never two of ours open to one device
-        self._hb_written, self._hb_foreign = None, 0  # a PLC restart clears it
+        self._hb_written = None  # a PLC restart may have cleared the register
+        self._hb_owner.clear()
         lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost = lost
 
@@ -384,10 +396,12 @@ class DeviceDriver:
     async def _check_heartbeat_owner(self) -> None:
         """Read our heartbeat register back before writing the next value.
 
-        Only we write it, so it holds what we wrote last; another value, twice
-        in a row, means another master (a second controller, a test panel)
-        writes to this PLC too: `contested`, reported with every status until
-        a read-back agrees again.
+        Only we write it, so it holds what we wrote last. Another master (a
+        second controller, a test panel) writing it too shows in some of the
+        read-backs, not all: the two write in turns that drift against each
+        other. `OWNER_FOREIGN` foreign read-backs among the last
+        `OWNER_WINDOW` mark the device `contested`, reported with every
+        status; it clears once a whole window of read-backs is ours.
         """
         if self._hb_written is None:
             return  # nothing of ours in it on this connection yet
@@ -398,14 +412,9 @@ class DeviceDriver:
             found = reg.decode(raw)
         except BadValue:
             found = None
-        if found == self._hb_written:
-            self._hb_foreign = 0
-            if self.contested:
-                self.contested = False
-                self._log.info("plc.heartbeat_owner_back", register=reg.label)
-            return
-        self._hb_foreign += 1
-        if self._hb_foreign >= 2 and not self.contested:
+        self._hb_owner.append(found != self._hb_written)
+        foreign = sum(self._hb_owner)
+        if not self.contested and foreign >= OWNER_FOREIGN:
             self.contested = True
             self._log.error(
                 "plc.second_master",
@@ -414,6 +423,9 @@ class DeviceDriver:
                 wrote=self._hb_written,
                 read_back=found,
             )
+        elif self.contested and foreign == 0 and len(self._hb_owner) == OWNER_WINDOW:
+            self.contested = False
+            self._log.info("plc.heartbeat_owner_back", register=reg.label)
 
     async def _run_command(self, command: _Command) -> None:
         """Write a command's groups in order; its future says how it went.
@@ -426,7 +438,7 @@ class DeviceDriver:
         if command.done.done():
             return  # its caller gave up waiting: nobody would see the outcome
         try:
-            writes = [w for g in command.points for w in self.profile.encode_points(g)]
+            groups = [self.profile.encode_points(g) for g in command.points]
         except (KeyError, ValueError) as exc:
             _settle(command, exc)
             return
@@ -434,8 +446,17 @@ class DeviceDriver:
         # Left set if the task is cancelled mid-write: run() then fails it.
         self._current = command
         try:
-            for write in writes:
-                await self._write(write)
+            for index, writes in enumerate(groups):
+                for write in writes:
+                    await self._write(write)
+                if index < len(groups) - 1:
+                    # The parameters must stand as written before the group
+                    # that latches them (the command code) goes out.
+                    await self._verify(writes)
+        except WriteNotKept as err:
+            self._current = None
+            _settle(command, err)  # the link is fine: the PLC answered
+            return
         except DeviceError as err:
             self._current = None
             _settle(command, err)
@@ -444,6 +465,47 @@ class DeviceDriver:
             return
         self._current = None
         _settle(command, None)
+
+    async def _verify(self, writes: list[Write]) -> None:
+        """Read written registers back; a PLC that rejected or clamped a value
+        (another value reads back) fails the command with `WriteNotKept`,
+        naming the register and both values, before anything latches it."""
+        for write in writes:
+            count = len(write.values)
+            where = self._where(write.table, write.start, write.start + count)
+            found = [
+                int(v) for v in await self._read(write.table, write.start, count, where)
+            ]
+            wrote = [int(v) for v in write.values]
+            for reg in self.profile.registers.values():
+                at = reg.wire_address - write.start
+                if reg.table is not write.table or not 0 <= at < count:
+                    continue
+                mine, theirs = wrote[at : at + reg.words], found[at : at + reg.words]
+                if mine == theirs:
+                    continue
+                try:
+                    shown = reg.decode(theirs)
+                except BadValue:
+                    shown = theirs
+                self._log.error(
+                    "plc.write_not_kept",
+                    register=reg.label,
+                    address=reg.address,
+                    wrote=reg.decode(mine),
+                    read_back=shown,
+                )
+                raise WriteNotKept(
+                    self.tower,
+                    self.device,
+                    self.unit_id,
+                    f"wrote {reg.decode(mine)!r}, reads back {shown!r}: "
+                    "rejected or clamped by the PLC; the command was not latched",
+                    register=f"{reg.name} ({reg.label})",
+                    retryable=False,
+                    table=reg.table.value,
+                    address=reg.address,
+                )
 
     def _failed(self, err: DeviceError) -> None:
         """Count a failed request; raise it when it ends the connection.
