@@ -68,6 +68,9 @@ async def test_jobs_and_tickets_survive_wall_clock_steps(
         )
         collected = await rig.collect(TOWER, rig.released_bay(TOWER, "c1"))
         await rig.wait_until(lambda: not rig.controller.core.jobs(), timeout_s=60)
+        # The ticket closes once the bay reports the car gone.
+        inventory = rig.controller.core.inventory
+        await rig.wait_until(lambda: ticket not in inventory.cars, timeout_s=30)
         alarms = rig.controller.core.status()["alarms"]
 
         # A restart reads the journal written across the steps.
