@@ -184,7 +184,6 @@ def test_hand_corrections_are_refused_unless_the_sensors_agree():
     """Each correction names what stands in its way, and changes nothing."""
     h = Harness(small_site(levels=4))
     ticket = strand_on_lift(h)
-    records = len(h.records)
 
     def refused(event) -> str:
         with pytest.raises(RequestRefused) as err:
@@ -193,6 +192,7 @@ def test_hand_corrections_are_refused_unless_the_sensors_agree():
 
     assert refused(PlaceCar(ticket, "02-02-R")) == "tower_not_manual"
     h.operate(SetMode(TOWER, "manual"))
+    records = len(h.records)
     assert refused(PlaceCar("T-NOBODY", "02-02-R")) == "unknown_ticket"
     assert refused(PlaceCar(ticket, "09-09-L")) == "unknown_place"
     # Nobody moved the car: the slot's sensor shows none, the lift still has it.

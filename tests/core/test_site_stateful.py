@@ -754,7 +754,6 @@ def test_a_car_move_not_noted_is_caught_and_shrunk(monkeypatch):
     assert len(steps) <= 3
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a reset after an e-stop ends manual")
 def test_manual_mode_survives_an_estop_and_its_reset():
     """The operator switched the tower to manual; an e-stop is pressed,
     released and reset: the tower stays in manual and sends nothing."""
@@ -771,7 +770,6 @@ def test_manual_mode_survives_an_estop_and_its_reset():
     assert h.commands == []
 
 
-@pytest.mark.xfail(strict=True, reason="finding: the tower's mode is not journaled")
 def test_manual_mode_survives_a_restart():
     """A controller restarted while its tower is in manual keeps it there."""
     h = Harness(site())
@@ -798,7 +796,6 @@ def busy_tower_with_a_retrieve_waiting_for_a_store_bay() -> tuple[Harness, dict]
     return h, tickets
 
 
-@pytest.mark.xfail(strict=True, reason="finding: the restore gives the bay away")
 def test_restart_leaves_a_store_its_bay():
     """The store whose car stands in bay-1 keeps the bay across the restart;
     every job then ends: c1 comes back, c2 is parked."""
@@ -810,7 +807,6 @@ def test_restart_leaves_a_store_its_bay():
     assert h.core.ticket(tickets["c2"])["place"] in h.parked(TOWER)
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a held restored job cannot go")
 def test_a_job_held_at_restart_can_be_cancelled():
     """A job held at the restart with its command in flight can be cancelled
     once the PLC has ended that command."""

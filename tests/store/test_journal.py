@@ -23,6 +23,7 @@ from tower.core.records import (
     JobFinished,
     JobKind,
     JobOutcome,
+    ModeSet,
     SlotBlocked,
     SlotUnblocked,
     StepIntent,
@@ -128,6 +129,8 @@ def test_every_record_type_round_trips(journal: Journal) -> None:
     journal.write([SlotBlocked("tower-a", "05-02-R", "operator")])
     journal.write([SlotUnblocked("tower-a", "05-02-R")])
     journal.write([TicketClosed("t-1")])  # reading 8
+    journal.write([ModeSet("tower-a", "manual"), ModeSet("tower-b", "manual")])
+    journal.write([ModeSet("tower-b", "auto")])
 
     tickets, jobs = journal.tickets(), journal.jobs()
     state = journal.restored_state()
@@ -164,6 +167,8 @@ def test_every_record_type_round_trips(journal: Journal) -> None:
         "open_jobs": [],
         "last_seq": {("tower-a", "lift"): 7},
         "blocked": {("tower-a", "05-01-R"): "sensor disagrees"},
+        "modes": {"tower-a": "manual", "tower-b": "auto"},
+        "jobs_total": 1,
     }
 
 
@@ -243,6 +248,8 @@ def test_restored_state_after_a_sequence(path: Path) -> None:
         ],
         "last_seq": {("tower-a", "lift"): 2, ("tower-a", "shuttle-2"): 4},
         "blocked": {},
+        "modes": {},
+        "jobs_total": 3,
     }
 
 

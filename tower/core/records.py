@@ -132,6 +132,15 @@ class SlotUnblocked:
     slot: str
 
 
+@dataclass(frozen=True)
+class ModeSet:
+    """An operator put a tower in `manual` or `auto`: it stays so across
+    resets and restarts until they say otherwise."""
+
+    tower: str
+    mode: str
+
+
 Record = (
     TicketIssued
     | JobCreated
@@ -143,4 +152,5 @@ Record = (
     | TicketClosed
     | SlotBlocked
     | SlotUnblocked
+    | ModeSet
 )

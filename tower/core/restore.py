@@ -47,6 +47,7 @@ from tower.core.records import (
     JobDestination,
     JobFinished,
     JobKind,
+    ModeSet,
     Record,
     SlotBlocked,
     SlotUnblocked,
@@ -109,13 +110,17 @@ class RestoredState:
 
     `cars`: ticket -> (tower, place, size class); `jobs`: open jobs, oldest
     first; `last_seq`: (tower, device) -> last sequence sent; `blocked`:
-    (tower, slot name) -> reason.
+    (tower, slot name) -> reason; `modes`: tower -> `manual`/`auto` as an
+    operator last set it.
     """
 
     cars: Mapping[str, tuple[str, str, SizeClass]] = field(default_factory=dict)
     jobs: Sequence[RestoredJob] = ()
     last_seq: Mapping[tuple[str, str], int] = field(default_factory=dict)
     blocked: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    modes: Mapping[str, str] = field(default_factory=dict)
+    jobs_total: int = 0
+    """Jobs the journal has ever held: the core numbers its own jobs on."""
 
     @classmethod
     def from_journal(cls, state: Mapping[str, Any]) -> RestoredState:
@@ -158,6 +163,8 @@ class RestoredState:
             jobs=tuple(jobs),
             last_seq=dict(state.get("last_seq", {})),
             blocked=dict(state.get("blocked", {})),
+            modes=dict(state.get("modes", {})),
+            jobs_total=int(state.get("jobs_total", 0)),
         )
 
     @classmethod
@@ -168,6 +175,8 @@ class RestoredState:
         jobs: dict[str, dict[str, Any]] = {}
         last_seq: dict[tuple[str, str], int] = {}
         blocked: dict[tuple[str, str], str] = {}
+        modes: dict[str, str] = {}
+        jobs_total = 0
         for r in records:
             if isinstance(r, TicketIssued):
                 sizes[r.ticket] = SizeClass(r.size_class)
@@ -176,6 +185,7 @@ class RestoredState:
             elif isinstance(r, TicketClosed):
                 cars.pop(r.ticket, None)
             elif isinstance(r, JobCreated):
+                jobs_total += 1
                 jobs[r.job_id] = {
                     "job": r, "destination": r.destination, "intents": [],
                     "results": [],
@@ -193,6 +203,8 @@ class RestoredState:
                 blocked[r.tower, r.slot] = r.reason
             elif isinstance(r, SlotUnblocked):
                 blocked.pop((r.tower, r.slot), None)
+            elif isinstance(r, ModeSet):
+                modes[r.tower] = r.mode
         restored = []
         for entry in jobs.values():
             created: JobCreated = entry["job"]
@@ -208,7 +220,14 @@ class RestoredState:
                     results=tuple(entry["results"]),
                 )
             )
-        return cls(cars=cars, jobs=tuple(restored), last_seq=last_seq, blocked=blocked)
+        return cls(
+            cars=cars,
+            jobs=tuple(restored),
+            last_seq=last_seq,
+            blocked=blocked,
+            modes=modes,
+            jobs_total=jobs_total,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,7 @@ from tower.core.records import (
     JobDestination,
     JobFinished,
     JobKind,
+    ModeSet,
     Record,
     SlotBlocked,
     SlotUnblocked,
@@ -222,6 +223,9 @@ class _Tower:
         # The devices a positioning may move: the lift and the level shuttles.
         self.movers = ["lift", *(f"shuttle-{k}" for k in range(1, config.levels + 1))]
         self.first_start = True
+        # The operator's choice: in manual until they ask for auto, whatever
+        # resets, e-stops or restarts come between (journaled, `ModeSet`).
+        self.manual = False
         self.occupancy: Occupancy | None = None
         self.dirty = True
 
@@ -377,6 +381,7 @@ class SiteCore:
         self._latched_before: set[tuple[str, str]] = set()
         self._out: list[Action] = []
         self._now = 0.0
+        self._serial = restored.jobs_total if restored is not None else 0
         if restored is not None:
             check_towers(restored, site)
             self._restore(restored)
@@ -517,7 +522,7 @@ class SiteCore:
             transition = JobEvent.CANCEL
         else:
             raise RequestRefused("job_running", f"job {job.id} is {state.value}")
-        running = [s.device for s in job.steps if s.state in _OUT]
+        running = self._still_running(t, job)
         if running:
             # Its command may still move the car: wait for the PLC's verdict.
             why = f"job {job.id} has a command running on {running[0]}; retry later"
@@ -545,6 +550,22 @@ class SiteCore:
             self._finish(t, job)
         return [t]
 
+    def _still_running(self, t: _Tower, job: Job) -> list[str]:
+        """The devices that may still be running a command of the job: one
+        we are waiting on, or (for a step a restart left unsettled, as in a
+        job held at start) one its PLC shows accepted and busy."""
+        devices = []
+        for step in job.steps:
+            if step.state not in _OUT:
+                continue
+            link = t.links[step.device]
+            tracked = link.inflight is not None and link.inflight.job_id == job.id
+            status = link.status or {}
+            busy = status.get("seq_accepted") == step.seq and link.state == "busy"
+            if tracked or busy or link.status is None:
+                devices.append(step.device)
+        return devices
+
     def _handback_bay(self, t: _Tower, job: Job) -> str | None:
         """The bay a cancelled job must open for its driver: where its car is
         (a store's car not measured yet is in its bay if the bay senses one)."""
@@ -561,6 +582,10 @@ class SiteCore:
         transition = TowerEvent.AUTO if event.mode == "auto" else TowerEvent.MANUAL
         if not t.machine.allows(transition):
             raise RequestRefused("tower_in_fault", f"{t.id} is in fault: reset it")
+        manual = event.mode == "manual"
+        if manual != t.manual:
+            t.manual = manual
+            self._persist(ModeSet(t.id, event.mode))
         self._tower_fire(t, transition)
         return [t]
 
@@ -911,9 +936,9 @@ class SiteCore:
         """The relocations the sequencer asks for (it knows when) become jobs.
 
         A relocate job moves a parked car (no job of its own) to a free slot
-        that fits it; it is journaled like any job. Its id is made here, from
-        the tower and the time (one relocation at a time), as no request brings
-        one.
+        that fits it; it is journaled like any job. Its id is made here, as
+        no request brings one: the tower and a number above every job the
+        journal has held, so it never repeats an id, across restarts too.
         """
         propose = getattr(self.sequencer, "relocations", None)
         if propose is None:
@@ -932,7 +957,10 @@ class SiteCore:
                 or not self.sizes.fits(target.size, car.size)
             ):
                 raise IllegalTransition("sequencer", f"bad relocation to {to}", ticket)
-            job_id = f"relocate-{t.id}-{round(self._now * 1000)}"
+            # Numbered on from every job the journal ever held: unique across
+            # restarts (the monotonic clock starts over at a reboot).
+            self._serial += 1
+            job_id = f"relocate-{t.id}-{self._serial}"
             job = self._new_job(t, job_id, JobKind.RELOCATE, ticket)
             job.slot, job.size = origin.id, car.size
             t.slots.reserve(target.id, job.id)
@@ -1299,7 +1327,8 @@ class SiteCore:
         if stopped:
             self._health(t)
             return
-        self._tower_fire(t, TowerEvent.RECONCILED)
+        # A reset (after an e-stop, say) or a restart does not end manual mode.
+        self._tower_fire(t, TowerEvent.MANUAL if t.manual else TowerEvent.RECONCILED)
         self._health(t)
 
     def _unaccounted(self, t: _Tower, finding: Finding) -> bool:
@@ -1560,6 +1589,9 @@ class SiteCore:
 
     def _restore(self, restored: RestoredState) -> None:
         notes = self._restore_notes
+        for tower_id, mode in restored.modes.items():
+            if tower_id in self.towers:
+                self.towers[tower_id].manual = mode == "manual"
         for (tower_id, slot_name), reason in restored.blocked.items():
             t = self.towers.get(tower_id)
             slot = t.slots.by_name.get(slot_name) if t else None
@@ -1572,7 +1604,12 @@ class SiteCore:
                 note = (place, "car_conflict", f"car {ticket} not restored: {err}")
                 notes.setdefault(tower_id, []).append(note)
         wanted: dict[str, set[str]] = {}  # job id -> devices it still needs
-        for rjob in restored.jobs:
+        # Stores first: a store's car may stand in its bay, which no retrieve
+        # waiting for that bay may take from it (they would wait on each
+        # other). The towers' job lists keep the journal's order.
+        order = {rjob.job_id: i for i, rjob in enumerate(restored.jobs)}
+        stores_first = sorted(restored.jobs, key=lambda r: r.kind is not JobKind.STORE)
+        for rjob in stores_first:
             self._latched_before |= {(r.tower, r.device) for r in rjob.results}
             t = self.towers.get(rjob.tower)
             if t is None:
@@ -1583,6 +1620,8 @@ class SiteCore:
             if why is not None:
                 wanted.pop(job.id, None)
                 self._hold_restored(t, job, rjob, why)
+        for t in self.towers.values():
+            t.jobs.sort(key=lambda job: order.get(job.id, len(order)))
         for car in self.inventory.cars.values():
             t = self.towers.get(car.tower)
             if t is None:

@@ -13,7 +13,10 @@ devices are healthy again.
 An operator can put a tower in `manual` from any state: no command is sent
 while it is there (commands already running finish and are judged). Going back
 to `auto` passes through `starting` again, because a person may have moved
-cars by hand: the slot sensors are compared with the inventory once more.
+cars by hand: the slot sensors are compared with the inventory once more. The
+operator's choice holds until they change it: a reset (after an e-stop, say)
+or a controller restart passes through `starting` and comes back to `manual`,
+never to `auto` (the core journals the choice).
 
 An e-stop on any device, or a domain error (an illegal transition, a command
 that fails the safety rule), puts the tower in `fault`: no motion at all. Only

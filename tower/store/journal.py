@@ -49,6 +49,7 @@ from tower.core.records import (
     JobCreated,
     JobDestination,
     JobFinished,
+    ModeSet,
     Record,
     SlotBlocked,
     SlotUnblocked,
@@ -161,6 +162,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE jobs",
         "ALTER TABLE jobs_v2 RENAME TO jobs",
         "CREATE INDEX jobs_open ON jobs (state) WHERE state = 'open'",
+    ),
+    # 2 -> 3: the mode an operator chose per tower (auto when absent).
+    (
+        """CREATE TABLE tower_modes (
+            tower TEXT PRIMARY KEY,
+            mode TEXT NOT NULL CHECK (mode IN ('auto', 'manual')),
+            since TEXT NOT NULL
+        )""",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -515,6 +524,14 @@ class Journal:
             (r.tower, r.slot, r.reason, now),
         )
 
+    def _mode_set(self, r: ModeSet, now: str) -> None:
+        self._db.execute(
+            "INSERT INTO tower_modes (tower, mode, since) VALUES (?, ?, ?)"
+            " ON CONFLICT (tower) DO UPDATE SET mode = excluded.mode,"
+            " since = excluded.since",
+            (r.tower, r.mode, now),
+        )
+
     def _slot_unblocked(self, r: SlotUnblocked, _now: str) -> None:
         # Unblocking a slot that is not blocked changes nothing: idempotent.
         self._db.execute(
@@ -559,7 +576,8 @@ class Journal:
         `open_jobs`: the unfinished jobs in creation order, each with its
         `steps` in the order they were intended; `last_seq`: (tower, device) ->
         the last sequence number written to that device; `blocked`:
-        (tower, slot) -> reason.
+        (tower, slot) -> reason; `modes`: tower -> the mode an operator set;
+        `jobs_total`: how many jobs the journal has ever held.
         """
         try:
             self._db.execute("BEGIN")  # One read snapshot for all four queries.
@@ -581,6 +599,8 @@ class Journal:
             )
             seqs = self._rows("SELECT tower, device, last_seq FROM device_seq")
             blocked = self._rows("SELECT tower, slot, reason FROM blocked_slots")
+            modes = self._rows("SELECT tower, mode FROM tower_modes")
+            (jobs_total,) = self._db.execute("SELECT count(*) FROM jobs").fetchone()
         finally:
             self._db.execute("COMMIT")
 
@@ -599,6 +619,8 @@ class Journal:
             "open_jobs": [{**job, "steps": by_job[job["job_id"]]} for job in jobs],
             "last_seq": {(s["tower"], s["device"]): s["last_seq"] for s in seqs},
             "blocked": {(b["tower"], b["slot"]): b["reason"] for b in blocked},
+            "modes": {m["tower"]: m["mode"] for m in modes},
+            "jobs_total": jobs_total,
         }
 
     def audit_log(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -660,6 +682,7 @@ _HANDLERS: dict[type, Callable[[Journal, Any, str], None]] = {
     TicketClosed: Journal._ticket_closed,
     SlotBlocked: Journal._slot_blocked,
     SlotUnblocked: Journal._slot_unblocked,
+    ModeSet: Journal._mode_set,
 }
 
 
