@@ -535,6 +535,9 @@ class SiteCore:
                 raise RequestRefused("bay_busy", why)
 
         job.reason = "cancelled by operator"
+        for link in t.links.values():
+            if link.inflight is not None and link.inflight.job_id == job.id:
+                link.inflight = None  # never latched (see _still_running)
         job.machine.fire(transition)
         self._unreserve(t, job)
         if job.state is JobState.CANCELLING:
@@ -559,12 +562,24 @@ class SiteCore:
             if step.state not in _OUT:
                 continue
             link = t.links[step.device]
-            tracked = link.inflight is not None and link.inflight.job_id == job.id
+            cmd = link.inflight
+            tracked = cmd is not None and cmd.job_id == job.id
+            if tracked and self._never_latched(link, cmd):
+                continue
             status = link.status or {}
             busy = status.get("seq_accepted") == step.seq and link.state == "busy"
             if tracked or busy or link.status is None:
                 devices.append(step.device)
         return devices
+
+    @staticmethod
+    def _never_latched(link: DeviceLink, cmd: Inflight | None) -> bool:
+        """A command whose write failed and which its PLC, idle, has not
+        accepted since its acceptance deadline: it never latched."""
+        if cmd is None or not cmd.write_failures or not cmd.accept_overdue:
+            return False
+        status = link.status or {}
+        return status.get("seq_accepted") != cmd.seq and link.state == "idle"
 
     def _handback_bay(self, t: _Tower, job: Job) -> str | None:
         """The bay a cancelled job must open for its driver: where its car is
@@ -591,6 +606,19 @@ class SiteCore:
 
     def _on_reset(self, event: ResetTower) -> list[_Tower]:
         t = self._tower(event.tower)
+        for link in t.links.values():
+            cmd = link.inflight
+            if self._never_latched(link, cmd):
+                # Its write failed and it never latched: the reset is the
+                # operator's word to try again, under the same sequence and
+                # intent (the PLC runs a sequence at most once), once the
+                # tower is back in auto.
+                assert cmd is not None
+                link.inflight = None
+                cmd.step.machine.fire(StepEvent.UNSENT)
+                cmd.step.resend = True
+                self._clear(t, link.name, "write_failed")
+                self._clear(t, link.name, "accept_timeout")
         for link in t.links.values():
             if link.state in ("fault", "estop"):
                 self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
