@@ -226,6 +226,7 @@ class _Device:
     measured: bool = False  # a check ended done on the car standing there
     person_until: float | None = None  # when the person in the bay walks out
     collecting: str | None = None  # the car that leaves with that person
+    booted_at: float = 0.0  # plant time of the PLC's last start (its heartbeat's zero)
 
     @property
     def state(self) -> str:
@@ -389,7 +390,8 @@ class Plant:
             "seq_done": d.seq_done,
             "result": d.result,
             "fault_code": d.fault_code,
-            "heartbeat": math.floor(self.now / HEARTBEAT_TICK_S + 1e-6) % 65536,
+            "heartbeat": math.floor((self.now - d.booted_at) / HEARTBEAT_TICK_S + 1e-6)
+            % 65536,
         }
         if d.kind is DeviceKind.BAY:
             car_id = site_tower.places.get(d.name)
@@ -630,6 +632,29 @@ class Plant:
             if at in site_tower.devices:
                 self._mark(site_tower.devices[at])
             self._mark_level(site_tower, at)
+
+    def reboot(self, tower: str, device: str) -> None:
+        """Power-cycle one PLC: a running motion stops where it is (a transfer
+        leaves its car where it was), and the PLC comes back with its
+        handshake and heartbeat counting from zero and no command written.
+        The machine and the cars on it stay as they are."""
+        d = self._device(tower, device)
+        op = d.op
+        if op is not None:
+            if op.code == "move":
+                d.position_mm = self._position(d)
+            for name in op.locks:
+                self._towers[tower].devices[name].locked_by = None
+            d.op = None
+        d.seq_accepted = d.seq_done = 0
+        d.result, d.fault_code, d.faulted = "none", FAULT_NONE, False
+        d.injected = None
+        d.commands = dict.fromkeys(_COMMAND_POINTS[d.kind], 0)
+        d.commands["cmd_code"] = "none"
+        if d.kind is DeviceKind.SHUTTLE:
+            d.commands["cmd_side"] = "none"
+        d.booted_at = d.hb_changed_at = self.now
+        self._mark(d)
 
     # -- operator and test controls --------------------------------------------
 
