@@ -12,6 +12,7 @@ prints every run instead, as {"runs": [...], "summary": {...}}.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -95,6 +96,13 @@ def main(argv: list[str]) -> int:
         params = load_workload(args.workload)
     except (_UsageError, TowerError, WorkloadError, OSError, ValueError) as err:
         print(f"tower bench: {err}", file=sys.stderr)
+        return 2
+    # Checked before a long run, not after it.
+    if args.plots and importlib.util.find_spec("matplotlib") is None:
+        print(
+            "tower bench: --plots needs matplotlib: pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
         return 2
     names = args.policy or list(POLICIES)
     policies = [POLICIES[name] for name in names]

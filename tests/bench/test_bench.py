@@ -7,6 +7,7 @@ and `tower bench` prints the table and the JSON. Timing is not judged here.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -153,3 +154,20 @@ def test_bench_prints_a_table_and_refuses_bad_seeds(capsys):
 
     assert main(["--seeds", "5-1"]) == 2
     assert "bad seed range" in capsys.readouterr().err
+
+
+def test_plots_without_matplotlib_are_refused_before_the_run(
+    capsys, monkeypatch, tmp_path
+):
+    """--plots without the `bench` extra: exit 2 at once with the install hint,
+    instead of a traceback after minutes of benchmark."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    assert main(["--seeds", "1", "--policy", "nearest", "--plots", str(tmp_path)]) == 2
+    err = capsys.readouterr()
+    assert "pip install -e '.[bench]'" in err.err
+    assert err.out == ""  # nothing ran

@@ -203,7 +203,9 @@ def test_hand_corrections_are_refused_unless_the_sensors_agree():
     assert refused(PlaceCar(ticket, "02-02-R")) == "sensor_disagrees"
     assert len(h.records) == records
     assert h.core.ticket(ticket)["place"] == "lift"
-    h.operate(PlaceCar(ticket, "01-01-L"))
+    assert refused(PlaceCar(ticket, "tower-z/01-01-L")) == "wrong_tower"
+    h.operate(PlaceCar(ticket, f"{TOWER}/01-01-L"))  # the tower may be named
+    assert h.core.ticket(ticket)["place"] == "01-01-L"
     assert refused(PlaceCar(ticket, "01-01-L")) == "same_place"
 
 

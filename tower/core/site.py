@@ -637,7 +637,10 @@ class SiteCore:
 
     def _on_place_car(self, event: PlaceCar) -> list[_Tower]:
         t, car = self._hand_moved(event.ticket)
-        place = event.place
+        tower, sep, place = event.place.rpartition("/")
+        if sep and tower != t.id:
+            why = f"the car is in {t.id}, not {tower}: cars do not change towers"
+            raise RequestRefused("wrong_tower", why)
         if place == car.place:
             raise RequestRefused("same_place", f"the car is at {place} already")
         slot = t.slots.by_name.get(place)
