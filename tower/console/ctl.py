@@ -49,22 +49,22 @@ class UsageError(Exception):
 # -- arguments ----------------------------------------------------------------
 
 
-def _tower_bay(text: str) -> tuple[str, str]:
-    tower, sep, bay = text.partition("/")
-    if not sep or not tower or not bay or "/" in bay:
-        raise argparse.ArgumentTypeError(
-            f"expected TOWER/BAY, e.g. tower-a/bay-1: {text!r}"
-        )
-    return tower, bay
+def _tower_and(what: str, example: str) -> Callable[[str], tuple[str, str]]:
+    """An argument type for `TOWER/<what>`, e.g. `tower-a/<example>`."""
+
+    def parse(text: str) -> tuple[str, str]:
+        tower, sep, rest = text.partition("/")
+        if not sep or not tower or not rest or "/" in rest:
+            raise argparse.ArgumentTypeError(
+                f"expected TOWER/{what}, e.g. tower-a/{example}: {text!r}"
+            )
+        return tower, rest
+
+    return parse
 
 
-def _tower_slot(text: str) -> tuple[str, str]:
-    tower, sep, slot = text.partition("/")
-    if not sep or not tower or not slot or "/" in slot:
-        raise argparse.ArgumentTypeError(
-            f"expected TOWER/SLOT, e.g. tower-a/03-02-L: {text!r}"
-        )
-    return tower, slot
+_tower_bay = _tower_and("BAY", "bay-1")
+_tower_slot = _tower_and("SLOT", "03-02-L")
 
 
 def build_parser() -> argparse.ArgumentParser:
