@@ -184,9 +184,11 @@ class SiteMachine(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(sorted(self.h.core.open_jobs)))
         self._drive(lambda: self._refusable(CancelJob(job_id)))
 
-    # The operator's manual mode does not survive a reset after an e-stop nor
-    # a restart (see the xfail tests below): no e-stop latched when it is
-    # chosen, no e-stop and no crash while it lasts.
+    # Manual mode now survives a reset after an e-stop and a restart (the
+    # plain tests below), but the machine's model of the mode and its drain
+    # do not follow that yet: no e-stop latched when it is chosen, no e-stop
+    # and no crash while it lasts. TODO: teach the drain to switch back to
+    # auto after a reset, then lift these preconditions.
     @precondition(lambda self: not self._estop_latched())
     @rule(mode=st.sampled_from(["manual", "auto"]))
     def tower_mode(self, mode: str) -> None:
