@@ -38,9 +38,8 @@ on a device a cancelled job left it on, or in a blocked slot.
 The suite runs derandomized examples (the same every time); the deep run,
 marked slow, draws new ones: `pytest -m slow tests/core/test_site_stateful.py`.
 Two planted bugs (`test_a_*_is_caught_and_shrunk`) show that the machine
-bites: each must be found and shrunk to a car's arrival. The xfail tests at
-the end are bugs the machine found that are not fixed yet; the preconditions
-that keep it off the first two say so.
+bites: each must be found and shrunk to a car's arrival. The plain tests at
+the end reproduce bugs the machine found, fixed since.
 """
 
 from __future__ import annotations
