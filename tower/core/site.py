@@ -437,8 +437,12 @@ class SiteCore:
         bay = t.links[event.bay]
         if not bay.online or bay.status is None:
             raise RequestRefused("device_offline", f"{event.bay} is offline")
-        if event.bay in t.holders or self.inventory.at(t.id, event.bay):
-            raise RequestRefused("bay_busy", f"{event.bay} is serving another car")
+        if event.bay in t.holders:
+            why = f"{event.bay} is reserved by job {t.holders[event.bay]}"
+            raise RequestRefused("bay_busy", why)
+        if self.inventory.at(t.id, event.bay):
+            why = f"{event.bay} still holds a retrieved car its driver has not taken"
+            raise RequestRefused("bay_busy", why)
         if not bay.flag("vehicle_present"):
             raise RequestRefused("bay_empty", f"no car stands in {event.bay}")
         if event.ticket in self.inventory.cars or event.ticket in self._ticket_jobs:
