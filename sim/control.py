@@ -18,6 +18,10 @@ Requests (every one may carry an "id", echoed in the response):
 - `{"cmd": "fault", "tower": T, "device": D, "fault": NAME}`: the device's next
   command fails with that fault (a name of its profile's fault_code).
 - `{"cmd": "manual", "tower": T, "device": D, "on": true}`.
+- `{"cmd": "handmove", "tower": T, "from": PLACE, "to": PLACE}`: a person moves
+  the car at one place (slot, bay, lift or shuttle) to another by hand, or out
+  of the tower (`"to": null`), as maintenance does in manual. Answers
+  `{"ok": true, "car": ID}`.
 
 Errors answer `{"ok": false, "error": "..."}`; a malformed line gets an error
 response and the connection stays up; nothing a client sends stops the sim.
@@ -70,6 +74,7 @@ class ControlServer:
             "release": self._release,
             "fault": self._fault,
             "manual": self._manual,
+            "handmove": self._handmove,
         }
 
     async def start(self) -> None:
@@ -234,6 +239,18 @@ class ControlServer:
             _text(request, "tower"), _text(request, "device"), on=on
         )
         return {}
+
+    def _handmove(self, request: dict[str, Any]) -> dict[str, Any]:
+        tower, source = _text(request, "tower"), _text(request, "from")
+        to = request.get("to")
+        if to is not None and (not isinstance(to, str) or not to):
+            raise RequestError("to must be a place or null (out of the tower)")
+        self.sim.sync()
+        car = self.sim.plant.car_in(tower, source)
+        if car is None:
+            raise RequestError(f"no car at {tower}/{source}")
+        self.sim.plant.move_by_hand(car, to)
+        return {"car": car}
 
 
 def _text(request: dict[str, Any], name: str) -> str:

@@ -6,6 +6,7 @@
     tower simctl --control PATH estop tower-a | release tower-a
     tower simctl --control PATH fault tower-a/lift drive_fault
     tower simctl --control PATH manual tower-a/shuttle-3 on|off
+    tower simctl --control PATH handmove tower-a/lift 01-01-L | out
 
 The control socket is the one given to `tower sim --control PATH` (default:
 $TOWER_SIM_SOCKET). Each command prints the simulator's JSON answer; the exit
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     manual = sub.add_parser("manual", help="switch a device to local manual")
     manual.add_argument("device", type=_split, help="TOWER/DEVICE")
     manual.add_argument("on", choices=["on", "off"])
+    handmove = sub.add_parser(
+        "handmove", help="a person moves a car by hand (maintenance, in manual)"
+    )
+    handmove.add_argument("source", type=_split, help="TOWER/PLACE the car is at")
+    handmove.add_argument("to", help="the place it goes to, or 'out' of the tower")
     return parser
 
 
@@ -90,6 +96,10 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
             "device": device,
             "on": args.on == "on",
         }
+    if args.cmd == "handmove":
+        tower, source = args.source
+        to = None if args.to == "out" else args.to
+        return {"cmd": "handmove", "tower": tower, "from": source, "to": to}
     return {"cmd": args.cmd}
 
 

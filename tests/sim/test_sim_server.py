@@ -293,6 +293,39 @@ async def test_control_socket_plays_the_visitors(sim: SimServer, tmp_path) -> No
     assert not path.exists()
 
 
+async def test_control_socket_moves_a_car_by_hand(sim: SimServer, tmp_path) -> None:
+    """handmove: a car from one place to another, then out of the tower;
+    an empty place or a taken one is refused and nothing moves."""
+    path = tmp_path / "sim.sock"
+    sim.plant.seed_car(TOWER, "01-01-L", Car("c1"))
+    sim.plant.seed_car(TOWER, "02-01-L", Car("c2"))
+    control = await serve_control(path, sim)
+    try:
+        moved = await sim_request(
+            path, cmd="handmove", tower=TOWER, **{"from": "01-01-L", "to": "lift"}
+        )
+        taken = await sim_request(
+            path, cmd="handmove", tower=TOWER, **{"from": "lift", "to": "02-01-L"}
+        )
+        empty = await sim_request(
+            path, cmd="handmove", tower=TOWER, **{"from": "01-01-L", "to": "lift"}
+        )
+        out = await sim_request(
+            path, cmd="handmove", tower=TOWER, **{"from": "lift", "to": None}
+        )
+    finally:
+        await control.close()
+
+    assert moved == {"ok": True, "car": "c1"}
+    assert taken["ok"] is False
+    assert "already holds c2" in taken["error"]
+    assert empty["ok"] is False
+    assert "no car at" in empty["error"]
+    assert out == {"ok": True, "car": "c1"}
+    assert sim.plant.where("c1") is None
+    assert sim.plant.where("c2") == "02-01-L"
+
+
 async def test_tower_sim_serves_until_sigterm(tmp_path) -> None:
     """run_sim in its own process: the control socket answers, SIGTERM ends it
     with exit code 0."""
