@@ -404,7 +404,7 @@ class Controller:
         assert self.core is not None
         core = self.core
         if command == "status":
-            status = core.status()
+            status = _alarms_for(role, core.status())
             status["feed"] = {"connected": self.feed.connected if self.feed else False}
             for tower in status.get("towers", []):
                 for name, device in tower.get("devices", {}).items():
@@ -429,7 +429,7 @@ class Controller:
             now = self._clock()
             return {"jobs": [_for(role, _with_progress(j, now)) for j in core.jobs()]}
         if command == "alarms":
-            return {"alarms": core.status().get("alarms", [])}
+            return {"alarms": _alarms_for(role, core.status()).get("alarms", [])}
         if command == "ticket":
             return core.ticket(_required(args, "ticket"))
         if command == "store":
@@ -462,7 +462,10 @@ class Controller:
                     "bad_request", f"mode must be auto or manual, not {mode!r}"
                 )
             await self.apply(ev.SetMode(tower, mode))
-            return {"tower": tower, "mode": mode}
+            state = next(
+                t["state"] for t in core.status()["towers"] if t["id"] == tower
+            )
+            return {"tower": tower, "mode": mode, "state": state}
         if command == "place":
             ticket, place = _required(args, "ticket"), _required(args, "place")
             await self.apply(ev.PlaceCar(ticket, place))
@@ -543,6 +546,23 @@ def _for(role: Role, item: dict[str, Any]) -> dict[str, Any]:
     if role is not Role.VIEWER or not item.get("ticket"):
         return item
     return {**item, "ticket": "<hidden>"}
+
+
+def _alarms_for(role: Role, status: dict[str, Any]) -> dict[str, Any]:
+    """A status whose alarm messages a role may read: a viewer's have their
+    tickets replaced (an alarm about a car names its ticket)."""
+    if role is not Role.VIEWER:
+        return status
+
+    def redacted(alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {**a, "message": redact_tickets(str(a.get("message", "")))} for a in alarms
+        ]
+
+    towers = [
+        {**t, "alarms": redacted(t.get("alarms", []))} for t in status.get("towers", [])
+    ]
+    return {**status, "alarms": redacted(status.get("alarms", [])), "towers": towers}
 
 
 def _optional(args: dict, name: str) -> str | None:

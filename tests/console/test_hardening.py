@@ -7,7 +7,14 @@ import pytest
 from tower.console import protocol as proto
 from tower.console.tokens import Role
 from tower.plc.profile import load_profile
-from tower.service import SiteMismatch, _check_fits, _for, new_ticket, redact_tickets
+from tower.service import (
+    SiteMismatch,
+    _alarms_for,
+    _check_fits,
+    _for,
+    new_ticket,
+    redact_tickets,
+)
 
 
 @pytest.mark.parametrize(
@@ -29,6 +36,21 @@ def test_a_viewer_never_sees_a_ticket():
 
     assert _for(Role.VIEWER, slot)["ticket"] == "<hidden>"
     assert _for(Role.OPERATOR, slot) == slot
+
+
+def test_a_viewer_reads_alarms_without_tickets():
+    """Alarms about a car name its ticket; a viewer's status and alarms show
+    it replaced, in the site list and per tower; an operator reads it."""
+    ticket = new_ticket()
+    alarm = {"tower": "tower-a", "device": "lift", "code": "car_stranded",
+             "message": f"car {ticket} left on lift by job j-1"}  # fmt: skip
+    status = {"alarms": [alarm], "towers": [{"id": "tower-a", "alarms": [alarm]}]}
+
+    seen = _alarms_for(Role.VIEWER, status)
+    assert ticket not in str(seen)
+    assert seen["alarms"][0]["message"] == "car <ticket> left on lift by job j-1"
+    assert seen["towers"][0]["alarms"][0]["code"] == "car_stranded"
+    assert _alarms_for(Role.OPERATOR, status) == status
 
 
 def test_tickets_are_redacted_from_logged_text():

@@ -4,11 +4,12 @@ one does not."""
 from __future__ import annotations
 
 import pytest
-from corekit import TOWER, Scripted, alarms, small_site
+from corekit import TOWER, Scripted, alarms, commands, small_site
 
 from tower.config import SizeClass
 from tower.core import SiteCore
-from tower.core.events import DeviceOffline
+from tower.core.errors import RequestRefused
+from tower.core.events import DeviceOffline, ResetTower, SetMode
 from tower.core.restore import RestoredState, UnknownTowers
 
 
@@ -68,3 +69,44 @@ def test_a_device_another_master_writes_to_gets_no_commands():
     s.report("lift", contested=False)
     assert s.core.status()["towers"][0]["state"] == "auto"
     assert "second_master" not in {a["code"] for a in s.core.status()["alarms"]}
+
+
+def test_no_reset_and_no_command_goes_to_a_device_not_proved_ours():
+    """A reset clears e-stops and faults: it is not written to a PLC another
+    master writes to, nor to one whose heartbeat the driver has not read back
+    as ours yet (`owned` false just after a connect); commands neither."""
+    s = Scripted()
+    s.start()
+    s.report("lift", state="fault", fault_code="interlock", contested=True)
+    s.report("shuttle-1", state="fault", fault_code="interlock", owned=False)
+    s.report("shuttle-2", state="fault", fault_code="interlock")
+    sent = [c.device for c in commands(s.handle(ResetTower(TOWER)))]
+    assert sent == ["shuttle-2"]
+
+    s.report("lift", state="idle", fault_code="none", contested=False)
+    s.report("shuttle-1", state="idle", fault_code="none", owned=False)
+    s.report("shuttle-2", state="idle", fault_code="none")
+    for tower, device in s.points:  # every device reports after the reset
+        s.report(device, tower=tower)
+    assert s.core.status()["towers"][0]["state"] == "degraded"  # shuttle-1 unproved
+    s.report("shuttle-1", owned=True)
+    assert s.core.status()["towers"][0]["state"] == "auto"
+
+
+def test_manual_chosen_in_fault_is_kept_for_after_the_reset():
+    """In fault, `manual` does not leave the fault (only a reset does), and
+    `auto` is refused; the reset then brings the tower to manual, not auto."""
+    s = Scripted()
+    s.start()
+    s.report("lift", state="estop", flags={"estop": True})
+    assert s.core.status()["towers"][0]["state"] == "fault"
+
+    s.handle(SetMode(TOWER, "manual"))
+    assert s.core.status()["towers"][0]["state"] == "fault"
+    with pytest.raises(RequestRefused):
+        s.handle(SetMode(TOWER, "auto"))
+    s.report("lift", state="idle", flags={"estop": False})
+    s.handle(ResetTower(TOWER))
+    for tower, device in s.points:
+        s.report(device, tower=tower)
+    assert s.core.status()["towers"][0]["state"] == "manual"

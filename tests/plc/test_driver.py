@@ -504,3 +504,39 @@ async def test_a_clamped_command_parameter_fails_the_command_before_its_latch() 
     assert "wrote 5, reads back 3" in message
     assert plc.written("cmd_code") == []
     assert recorder.offline == []
+
+
+async def test_a_device_is_owned_only_after_its_heartbeat_reads_back_ours(
+    plc: BenchPlc,
+) -> None:
+    """Just after a connect the driver cannot know whether another master
+    writes to the PLC: its statuses say `owned` false until two read-backs
+    in a row hold its own heartbeat; with another master writing, never."""
+    recorder = Recorder()
+    driver = make_driver(plc.port, recorder, heartbeat_s=0.02)
+    async with running(driver):
+        await until(lambda: bool(recorder.statuses))
+        assert recorder.statuses[0]["owned"] is False
+        await until(lambda: recorder.statuses[-1]["owned"] is True)
+        assert len(plc.written("heartbeat_ctl")) >= 3
+
+    rogue_plc = plc
+    recorder = Recorder()
+    driver = make_driver(rogue_plc.port, recorder, heartbeat_s=0.02)
+
+    async def other_master() -> None:
+        value = 50000
+        while True:
+            value += 1
+            rogue_plc.set_points(heartbeat_ctl=value)
+            await asyncio.sleep(0.002)
+
+    rogue = asyncio.create_task(other_master())
+    try:
+        async with running(driver):
+            await until(lambda: len(plc.written("heartbeat_ctl")) >= 12)
+    finally:
+        rogue.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rogue
+    assert not any(s["owned"] for s in recorder.statuses)

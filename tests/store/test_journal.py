@@ -468,6 +468,16 @@ def test_writer_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
     assert "directory does not exist" in str(caught.value)
 
 
+def test_audit_keeps_any_string_a_client_sent(journal: Journal) -> None:
+    """A lone surrogate (valid JSON, not UTF-8) or any other text in a
+    command's arguments still lands in the audit log, decoded back as sent."""
+    args = {"tower": "tower-b", "mode": "manual", "note": "\ud800 Zoo Zürich"}
+    journal.audit("maintenance", "mode", args, "ok")
+
+    (entry,) = journal.audit_log(limit=1)
+    assert entry["args"] == args
+
+
 def test_audit_log_lists_newest_first(journal: Journal) -> None:
     """Audit entries come back newest first with their arguments decoded."""
     journal.audit("operator", "store", {"tower": "tower-a", "bay": "bay-1"}, "ok")

@@ -370,7 +370,10 @@ def format_alarms(result: dict[str, Any]) -> str:
 
 
 def format_mode(result: dict[str, Any]) -> str:
-    return f"{result.get('tower')} is now in {result.get('mode')} mode"
+    tower, mode = result.get("tower"), result.get("mode")
+    if result.get("state") == "fault":
+        return f"{tower} is in fault: it goes to {mode} mode once it is reset"
+    return f"{tower} is now in {mode} mode"
 
 
 def format_reset(result: dict[str, Any]) -> str:

@@ -184,14 +184,22 @@ class DeviceLink:
         return self.status is not None and bool(self.status.get("contested", False))
 
     @property
+    def owned(self) -> bool:
+        """Whether the driver has read our own heartbeat back from the PLC
+        since it connected (its `owned` point; True where a shell reports
+        none): until then another master may be writing to it unseen."""
+        return self.status is not None and bool(self.status.get("owned", True))
+
+    @property
     def healthy(self) -> bool:
-        """Online, and neither faulted, stopped, under local manual control nor
-        written to by another master."""
+        """Online, and neither faulted, stopped, under local manual control,
+        written to by another master, nor yet to be proved our own."""
         return (
             self.online
             and self.state in ("idle", "busy")
             and not self.estop
             and not self.contested
+            and self.owned
         )
 
     @property

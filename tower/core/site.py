@@ -625,7 +625,7 @@ class SiteCore:
                 self._clear(t, link.name, "accept_timeout")
         for link in t.links.values():
             if link.state in ("fault", "estop"):
-                self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
+                self._reset_device(t, link)
         self._clear(t, "", "domain_error")
         for name in t.links:
             self._clear(t, name, "plc_resync")
@@ -1539,8 +1539,15 @@ class SiteCore:
         key = (t.id, link.name)
         self._resets[key] = self._now
         if link.state == "fault":
-            self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
+            self._reset_device(t, link)
         return None
+
+    def _reset_device(self, t: _Tower, link: DeviceLink) -> None:
+        """Write a reset, unless another master writes to the PLC too: a reset
+        clears faults and e-stops, so it is a command like any other."""
+        if link.contested or not link.owned:
+            return
+        self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
 
     def _repeat_reset(self, t: _Tower, link: DeviceLink) -> None:
         """A device reset for a retry: write the reset again while it faults."""
@@ -1552,7 +1559,7 @@ class SiteCore:
             del self._resets[key]
         elif self._now - since >= RESET_REPEAT_S:
             self._resets[key] = self._now
-            self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
+            self._reset_device(t, link)
 
     def _disproof(self, t: _Tower, job: Job, step: Step) -> str | None:
         """What the sensors say against the journal about a stopped step's

@@ -10,7 +10,8 @@ faults or is switched to local manual control, the tower is `degraded`: jobs
 that need that device wait, the others continue. It returns to `auto` when all
 devices are healthy again.
 
-An operator can put a tower in `manual` from any state: no command is sent
+An operator can put a tower in `manual` from any state but `fault` (there the
+choice is recorded and takes effect after the reset): no command is sent
 while it is there (commands already running finish and are judged). Going back
 to `auto` passes through `starting` again, because a person may have moved
 cars by hand: the slot sensors are compared with the inventory once more. The
@@ -88,6 +89,8 @@ TOWER_TABLE: dict[tuple[TowerState, TowerEvent], TowerState] = {
     (S.MANUAL, E.AUTO): S.STARTING,
     (S.MANUAL, E.RESET): S.MANUAL,
     **{(S.FAULT, e): s for e, s in _ALWAYS.items()},
+    # Manual is recorded in fault but does not leave it: only a reset does.
+    (S.FAULT, E.MANUAL): S.FAULT,
     (S.FAULT, E.DEVICE_LOST): S.FAULT,
     (S.FAULT, E.DEVICES_HEALTHY): S.FAULT,
     (S.FAULT, E.RESET): S.STARTING,

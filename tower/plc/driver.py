@@ -80,6 +80,8 @@ OWNER_WINDOW = 8
 """How many heartbeat read-backs the second-master check looks at."""
 OWNER_FOREIGN = 2
 """Foreign read-backs among them that mark a device contested."""
+OWNER_CONFIRM = 2
+"""Own read-backs in a row after a connect before the device is `owned`."""
 
 _READ_FUNCTIONS = {Table.COIL: 1, Table.DISCRETE_INPUT: 2}
 """Function codes of the bit reads; register reads are 3 (holding), 4 (input)."""
@@ -208,6 +210,8 @@ class DeviceDriver:
         self._hb_owner: deque[bool] = deque(maxlen=OWNER_WINDOW)
         self.contested = False
         """Whether another master writes this PLC's controller heartbeat."""
+        self._hb_streak = 0  # our own read-backs in a row
+        self._confirmed = False  # OWNER_CONFIRM of them seen on this connection
         self._last_request = -float("inf")
         self._gap_s = profile.min_request_gap_ms / 1000
         self._frames: deque[str] = deque(maxlen=32)
@@ -216,6 +220,14 @@ class DeviceDriver:
         self.last_status: dict[str, Any] | None = None
         self.stale = True
         self.polls = 0
+
+    @property
+    def owned(self) -> bool:
+        """Whether this connection has read its own heartbeat back from the
+        PLC `OWNER_CONFIRM` times in a row, and no other master shows since:
+        until then the core sends the device nothing (a second controller
+        started a moment ago would not show yet)."""
+        return self._confirmed and not self.contested
 
     @property
     def name(self) -> str:
@@ -265,6 +277,7 @@ class DeviceDriver:
         await self._disconnect()  # never two of ours open to one device
         self._hb_written = None  # a PLC restart may have cleared the register
         self._hb_owner.clear()
+        self._hb_streak, self._confirmed = 0, False
         lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost = lost
 
@@ -354,6 +367,7 @@ class DeviceDriver:
         self._polled = True
         self.polls += 1
         points["contested"] = self.contested  # see _check_heartbeat_owner
+        points["owned"] = self.owned
         self.last_status, self.stale = points, False
         if not self._online:
             self._online = True
@@ -413,6 +427,9 @@ class DeviceDriver:
         except BadValue:
             found = None
         self._hb_owner.append(found != self._hb_written)
+        self._hb_streak = 0 if found != self._hb_written else self._hb_streak + 1
+        if self._hb_streak >= OWNER_CONFIRM:
+            self._confirmed = True
         foreign = sum(self._hb_owner)
         if not self.contested and foreign >= OWNER_FOREIGN:
             self.contested = True

@@ -544,7 +544,9 @@ class Journal:
         """Append one operator command and its outcome to the audit log."""
         self._require_writer()
         try:
-            text = json.dumps(args, sort_keys=True, ensure_ascii=False, default=str)
+            # ASCII escapes: any string a client sent (a lone surrogate too)
+            # is stored, so no accepted command escapes the audit log.
+            text = json.dumps(args, sort_keys=True, ensure_ascii=True, default=str)
             self._db.execute(
                 "INSERT INTO audit (at, role, command, args, outcome)"
                 " VALUES (?, ?, ?, ?, ?)",
