@@ -8,7 +8,7 @@
     store TOWER/BAY                 store the car standing in a bay; prints its ticket
     retrieve TICKET [--bay TOWER/BAY]
                                     bring a car back (to the nearest bay by default)
-    cancel JOB_ID                   cancel a job that has not moved a car yet
+    cancel JOB_ID                   cancel a queued or held job (no command running)
     alarms                          active alarms
     mode TOWER auto|manual          hand a tower to the operator or back
     reset TOWER                     reset a tower after a fault
