@@ -12,6 +12,9 @@
     alarms                          active alarms
     mode TOWER auto|manual          hand a tower to the operator or back
     reset TOWER                     reset a tower after a fault
+    place TICKET PLACE              maintenance, in manual: where a car moved by hand is
+    remove TICKET                   maintenance, in manual: a car left the tower by hand
+    unblock TOWER/SLOT              maintenance: return a blocked slot to service
 
 The socket is `--socket`, else `$TOWER_SOCKET`, else /run/tower/control.sock.
 The token comes from `--token-file` (else `$TOWER_TOKEN_FILE`), a file that
