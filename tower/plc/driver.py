@@ -224,9 +224,10 @@ class DeviceDriver:
     @property
     def owned(self) -> bool:
         """Whether this connection has read its own heartbeat back from the
-        PLC `OWNER_CONFIRM` times in a row, and no other master shows since:
-        until then the core sends the device nothing (a second controller
-        started a moment ago would not show yet)."""
+        PLC `OWNER_CONFIRM` times in a row, and no other master shows since
+        (before that, a second controller started a moment ago would not show
+        yet). Reported in every status; the core does not wait for it yet,
+        see `DeviceLink.healthy`."""
         return self._confirmed and not self.contested
 
     @property
