@@ -424,6 +424,26 @@ async def test_min_request_gap_is_kept_between_requests() -> None:
     assert {e.function_code for e in exchanges} == {3, 4, 16}
 
 
+@contextlib.asynccontextmanager
+async def other_master(plc: BenchPlc, period_s: float = 0.005) -> AsyncIterator[None]:
+    """Another master writing its own heartbeat values to the PLC meanwhile."""
+
+    async def write() -> None:
+        value = 40000
+        while True:
+            value += 1
+            plc.set_points(heartbeat_ctl=value)
+            await asyncio.sleep(period_s)
+
+    task = asyncio.create_task(write(), name="test.other_master")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_a_second_master_writing_the_heartbeat_is_reported(plc: BenchPlc) -> None:
     """Another master (a second controller on the same PLC) writes the
     controller heartbeat register too: read back before each of our writes,
@@ -435,21 +455,9 @@ async def test_a_second_master_writing_the_heartbeat_is_reported(plc: BenchPlc) 
         await until(lambda: len(plc.written("heartbeat_ctl")) >= 3)
         assert recorder.statuses[-1]["contested"] is False
 
-        async def other_master() -> None:
-            value = 40000
-            while True:
-                value += 1
-                plc.set_points(heartbeat_ctl=value)
-                await asyncio.sleep(0.005)
-
-        rogue = asyncio.create_task(other_master())
-        try:
+        async with other_master(plc):
             await until(lambda: recorder.statuses[-1]["contested"] is True)
             assert driver.contested
-        finally:
-            rogue.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rogue
         await until(lambda: recorder.statuses[-1]["contested"] is False)
 
 
@@ -520,23 +528,8 @@ async def test_a_device_is_owned_only_after_its_heartbeat_reads_back_ours(
         await until(lambda: recorder.statuses[-1]["owned"] is True)
         assert len(plc.written("heartbeat_ctl")) >= 3
 
-    rogue_plc = plc
     recorder = Recorder()
-    driver = make_driver(rogue_plc.port, recorder, heartbeat_s=0.02)
-
-    async def other_master() -> None:
-        value = 50000
-        while True:
-            value += 1
-            rogue_plc.set_points(heartbeat_ctl=value)
-            await asyncio.sleep(0.002)
-
-    rogue = asyncio.create_task(other_master())
-    try:
-        async with running(driver):
-            await until(lambda: len(plc.written("heartbeat_ctl")) >= 12)
-    finally:
-        rogue.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await rogue
+    driver = make_driver(plc.port, recorder, heartbeat_s=0.02)
+    async with other_master(plc, period_s=0.002), running(driver):
+        await until(lambda: len(plc.written("heartbeat_ctl")) >= 12)
     assert not any(s["owned"] for s in recorder.statuses)
