@@ -243,6 +243,21 @@ class Harness:
         self._feed(tower, device)
         self._settle()
 
+    def write_partly(self, command: SendCommand, cut: str) -> None:
+        """Put as much of a command into its PLC as a crash at `cut` lets
+        through: `before` nothing, `target` the target, side and sequence
+        (the handshake's first write), `after` the code that latches it too
+        (the whole command, as every write that is not cut)."""
+        first: dict[str, Any] = {"cmd_seq": command.seq}
+        if command.device == "lift" or command.device.startswith("shuttle-"):
+            first["cmd_target"] = command.target
+        if command.device.startswith("shuttle-"):
+            first["cmd_side"] = command.side
+        if cut in ("target", "after"):
+            self.plant.write(command.tower, command.device, first)
+        if cut == "after":
+            self.plant.write(command.tower, command.device, {"cmd_code": command.code})
+
     def fail_next_write(self, tower: str, device: str, *, landed: bool) -> None:
         """The next command to a device fails in the shell (a lost reply to
         the write): with `landed` it reached the PLC all the same. The core
@@ -507,13 +522,7 @@ class Harness:
             fault = self._faults.pop((tower, device), None)
             if fault is not None:
                 self.plant.inject_fault(tower, device, fault)
-            first: dict[str, Any] = {"cmd_seq": command.seq}
-            if device == "lift" or device.startswith("shuttle-"):
-                first["cmd_target"] = command.target
-            if device.startswith("shuttle-"):
-                first["cmd_side"] = command.side
-            self.plant.write(tower, device, first)
-            self.plant.write(tower, device, {"cmd_code": command.code})
+            self.write_partly(command, "after")
 
     def _record(self, record: Record) -> None:
         self.records.append(record)

@@ -64,6 +64,12 @@ def check_agreement(h: Harness) -> None:
         assert h.plant.locate(h.car_of[ticket]) == (car.tower, car.place)
     assert len(set(parked.values())) == len(parked)
 
+    check_occupancy(h, parked)
+
+
+def check_occupancy(h: Harness, parked: dict[str, str]) -> None:
+    """The tower's figures add up (parked cars and reservations), and the
+    last occupancy published says the same."""
     tower = h.core.status()["towers"][0]
     reserved = len(h.core.towers[TOWER].slots.reserved)
     assert tower["occupied"] == len(parked) + reserved

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from corekit import small_site
@@ -72,15 +71,7 @@ class Crasher:
         if index not in self.plan:
             return
         cut, downtime_s, watchdog_s = self.plan.pop(index)
-        first: dict[str, Any] = {"cmd_seq": command.seq}
-        if command.device == "lift" or command.device.startswith("shuttle-"):
-            first["cmd_target"] = command.target
-        if command.device.startswith("shuttle-"):
-            first["cmd_side"] = command.side
-        if cut in ("target", "after"):
-            h.plant.write(command.tower, command.device, first)
-        if cut == "after":
-            h.plant.write(command.tower, command.device, {"cmd_code": command.code})
+        h.write_partly(command, cut)
         self._due = (downtime_s, watchdog_s)
         raise Crash
 

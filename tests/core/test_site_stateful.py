@@ -60,7 +60,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from test_harness_properties import HEIGHTS, TOWER, site
+from test_harness_properties import HEIGHTS, TOWER, check_occupancy, site
 
 from sim.harness import Harness
 from sim.plant import Car
@@ -412,15 +412,7 @@ class SiteMachine(RuleBasedStateMachine):
         cut, *due = self.crash_plan
         self.crash_plan = None
         self.crash_due = (due[0], due[1])
-        first: dict[str, Any] = {"cmd_seq": command.seq}
-        if command.device == "lift" or command.device.startswith("shuttle-"):
-            first["cmd_target"] = command.target
-        if command.device.startswith("shuttle-"):
-            first["cmd_side"] = command.side
-        if cut in ("target", "after"):
-            h.plant.write(command.tower, command.device, first)
-        if cut == "after":
-            h.plant.write(command.tower, command.device, {"cmd_code": command.code})
+        h.write_partly(command, cut)
         raise Crash
 
     # -- the invariants ----------------------------------------------------------
@@ -518,17 +510,7 @@ class SiteMachine(RuleBasedStateMachine):
                 assert fault.reason.startswith(CAUSED), fault
         self.unheard = bool(h.muted)
 
-        tower = h.core.status()["towers"][0]
-        parked = h.parked(TOWER)
-        reserved = len(h.core.towers[TOWER].slots.reserved)
-        assert tower["occupied"] == len(parked) + reserved
-        assert tower["free"] == tower["capacity"] - tower["occupied"] - tower["closed"]
-        if h.occupancy:
-            last = h.occupancy[-1]
-            figures = ("capacity", "occupied", "free", "free_ev", "free_tall", "closed")
-            assert tuple(getattr(last, f) for f in figures) == tuple(
-                tower[f] for f in figures
-            )
+        check_occupancy(h, h.parked(TOWER))
 
     # -- the drain -----------------------------------------------------------------
 
