@@ -1544,9 +1544,7 @@ class SiteCore:
 
     def _reset_device(self, t: _Tower, link: DeviceLink) -> None:
         """Write a reset, unless another master writes to the PLC too: a reset
-        clears faults and e-stops, so it is a command like any other. (A
-        device not yet `owned` after a connect gets it: a reset moves
-        nothing, and the retry of a watchdog stop at a restart needs it.)"""
+        clears faults and e-stops, so it is a command like any other."""
         if link.contested:
             return
         self._out.append(SendCommand(t.id, link.name, 0, "reset", 0, "", "", 0))
